@@ -1,0 +1,253 @@
+"""The `emotion-batch` command: a thin layer over the API that writes the results, summary and charts.
+
+`emotion-batch PATH... --out results.csv` runs the default `analyze` command; `emotion-batch models fetch|info`
+manages the detector and shows the model. Every analyze option can also come from an environment variable
+(EMOTION_BATCH_<OPTION>), which suits cron. Exit codes: 0 all files ok, 1 some files failed (they are listed),
+2 usage or configuration error (nothing processed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+log = logging.getLogger("emotion_batch")
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+ENV_PREFIX = "EMOTION_BATCH_"
+
+
+class DefaultGroup(click.Group):
+    """Routes `emotion-batch PATH ...` to the `analyze` command unless the first word is a subcommand."""
+
+    default_command = "analyze"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+def _option(*decls: str, **kwargs: Any) -> Any:
+    """A click option whose default can also come from EMOTION_BATCH_<LONG_NAME>."""
+    long_name = next(d for d in decls if d.startswith("--")).split("/")[0][2:]
+    kwargs.setdefault("envvar", ENV_PREFIX + long_name.upper().replace("-", "_"))
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*decls, **kwargs)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="emotion-batch")
+def main() -> None:
+    """Per-frame facial emotion timelines for folders of videos and photos.
+
+    \b
+    emotion-batch PATH [PATH ...] --out results.csv [options]   (see: emotion-batch analyze --help)
+    emotion-batch models fetch                                   (install the YuNet face detector)
+    emotion-batch models info                                    (show model, detector and versions)
+    """
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@_option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+         help="Per-frame results: .csv, or .parquet by extension.")
+@_option("--summary", type=click.Path(dir_okay=False, path_type=Path),
+         help="Per-file summary [default: <out stem>_summary.<ext> beside --out].")
+@_option("--charts", type=click.Path(file_okay=False, path_type=Path),
+         help="Folder for the PNG charts [default: <out stem>_charts/ beside --out].")
+@_option("--no-charts", is_flag=True, help="Do not draw charts.")
+@_option("--fps", type=click.FloatRange(min=0, min_open=True),
+         help="Sample this many frames per second of video, by container timestamp [default: 2].")
+@_option("--every", type=click.IntRange(min=1), help="Sample every Nth frame instead of by time.")
+@_option("--start", type=click.FloatRange(min=0), help="Start of the analysed window, in seconds.")
+@_option("--end", type=click.FloatRange(min=0), help="End of the analysed window, in seconds.")
+@_option("--max-frames", type=click.IntRange(min=1), help="At most this many sampled frames per video.")
+@_option("--detector", type=click.Choice(["auto", "yunet", "haar"]), default="auto", show_default=True,
+         help="Face detector; auto uses YuNet when its file is found, else Haar where OpenCV has it.")
+@_option("--detector-model", type=click.Path(dir_okay=False, path_type=Path),
+         help="YuNet ONNX file [default: the user cache, filled by `emotion-batch models fetch`].")
+@_option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+         help="Emotion model .onnx with its .json card beside it [default: the bundled model].")
+@_option("--min-face", type=click.IntRange(min=1), default=20, show_default=True,
+         help="Ignore faces smaller than this many pixels (shorter box side, full resolution).")
+@_option("--score-threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
+         help="Minimum detector score for a face.")
+@_option("--annotate", type=click.Path(file_okay=False, path_type=Path),
+         help="Write copies of images and sampled frames with boxes and labels into this folder.")
+@_option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+         help="Files processed in parallel, one process each.")
+@_option("--include", multiple=True, help="Only files matching this glob (relative path or name); repeatable.")
+@_option("--exclude", multiple=True, help="Skip files matching this glob (relative path or name); repeatable.")
+@_option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress display.")
+@_option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@_option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also append plain log lines here.")
+def analyze(paths: tuple[Path, ...], out: Path, summary: Path | None, charts: Path | None, no_charts: bool,
+            quiet: bool, verbose: bool, log_file: Path | None, **options: Any) -> None:
+    """Analyse videos and photos (files or folders, walked recursively) and write the results.
+
+    Writes one row per face per sampled frame to --out, a per-file summary, and charts (a timeline per video
+    and an overview across files). Exit codes: 0 all files ok, 1 some files failed, 2 usage error.
+    """
+    from rich.console import Console
+
+    from . import api, logs, reports
+    from .progress import LogProgress, NoProgress, RichProgress
+    from .schema import rows_frame, summary_frame
+    from .sinks import OutputError, open_sink, write_table
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose are mutually exclusive")
+    if options["fps"] is not None and options["every"] is not None:
+        raise click.UsageError("--fps and --every are mutually exclusive")
+    interactive = sys.stderr.isatty() and not quiet
+    console = Console(stderr=True) if interactive else None
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logs.configure(level, interactive, console, log_file)
+
+    summary = summary or out.with_name(f"{out.stem}_summary{out.suffix}")
+    charts_dir = None if no_charts else charts or out.with_name(f"{out.stem}_charts")
+    for target in (out, summary):
+        if not target.parent.is_dir():
+            raise click.UsageError(f"output folder does not exist: {target.parent}")
+    options["include"], options["exclude"] = tuple(options["include"]), tuple(options["exclude"])
+    started = time.perf_counter()
+    try:
+        job = api.prepare(list(paths), api.Options(**options), ignore=[out, summary, *filter(None, [charts_dir])])
+    except api.ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    settings = job.settings
+    log.info("detector %s; model %s (sha256 %s)", settings.detector.name, settings.model.name,
+             settings.model.sha256[:12])
+    if not settings.model.crop_from_card:
+        log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
+    if charts_dir is not None:
+        charts_dir.mkdir(parents=True, exist_ok=True)
+
+    progress = RichProgress(console) if interactive else NoProgress() if quiet else LogProgress()
+    summaries = []
+    try:
+        with open_sink(out, rows_frame([])) as sink:
+            for result in api.iter_results(job, progress):
+                sink.write(result.rows)
+                summaries.append(result.summary)
+                if charts_dir is not None and result.source.media_type == "video" and result.status == "ok":
+                    _chart(reports.timeline_chart, result.rows, result.source.source,
+                           charts_dir / reports.chart_filename(result.source.source))
+        table = summary_frame(summaries)
+        write_table(summary, table, summary_frame([]))
+    except OutputError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if charts_dir is not None:
+        _chart(reports.overview_chart, table, charts_dir / "overview.png")
+
+    failed = table[table["status"] == "error"]
+    elapsed = time.perf_counter() - started
+    if interactive:
+        _print_table(console, table, sink.rows_written, elapsed)
+    counts = table["status"].value_counts()
+    log.info("done in %.1f s: %d file(s) (%d ok, %d error, %d skipped), %d row(s), %d face(s); results in %s",
+             elapsed, len(table), counts.get("ok", 0), counts.get("error", 0), counts.get("skipped", 0),
+             sink.rows_written, int(table["faces"].fillna(0).sum()), out)
+    if len(failed):
+        log.error("%d file(s) failed:\n%s", len(failed),
+                  "\n".join(f"  {s}: {e}" for s, e in zip(failed["source"], failed["error"])))
+        sys.exit(EXIT_FAILURES)
+
+
+def _chart(draw: Any, data: Any, *args: Any) -> None:
+    """Charts are a convenience: a drawing failure is logged, it does not fail the run."""
+    try:
+        path = draw(data, *args)
+        if path is not None:
+            log.debug("chart %s", path)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not draw chart %s: %s", args[-1], exc)
+
+
+def _print_table(console: Any, table: Any, rows: int, elapsed: float) -> None:
+    from rich.table import Table
+
+    view = Table(title=f"emotion-batch: {len(table)} file(s), {rows} row(s) in {elapsed:.1f} s")
+    for name in ("source", "status", "frames", "faces", "tracks", "dominant", "note"):
+        view.add_column(name, justify="right" if name in ("frames", "faces", "tracks") else "left")
+    style = {"ok": "green", "error": "bold red", "skipped": "yellow"}
+    def num(v: Any) -> str:
+        return "" if v is None or v != v else str(int(v))
+
+    for r in table.itertuples():
+        view.add_row(r.source, f"[{style.get(r.status, '')}]{r.status}", num(r.frames_sampled), num(r.faces),
+                     num(r.tracks), r.dominant_emotion if isinstance(r.dominant_emotion, str) else "",
+                     r.error if isinstance(r.error, str) else "")
+    console.print(view)
+
+
+@main.group()
+def models() -> None:
+    """Install the face detector and inspect the emotion model."""
+
+
+@models.command("fetch")
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Install from a local copy of the file instead of downloading (offline machines).")
+@click.option("--url", default=None, help="Download from this URL (a mirror) instead of the official one.")
+@click.option("--force", is_flag=True, help="Reinstall even when a verified copy is already there.")
+def models_fetch(from_file: Path | None, url: str | None, force: bool) -> None:
+    """Download YuNet (opencv_zoo) into the user cache and verify its pinned sha256.
+
+    This is the only emotion-batch command that uses the network.
+    """
+    from .fetch import YUNET_SHA256, YUNET_URL, FetchError, fetch_yunet
+
+    source = str(from_file) if from_file else (url or YUNET_URL)
+    click.echo(f"installing YuNet from {source}")
+    try:
+        path = fetch_yunet(url=url or YUNET_URL, from_file=from_file, force=force)
+    except FetchError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_FAILURES)
+    click.echo(f"installed {path} (sha256 {YUNET_SHA256} verified)")
+
+
+@models.command("info")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Show this model instead of the bundled one.")
+@click.option("--detector-model", type=click.Path(dir_okay=False, path_type=Path), help="YuNet file to check.")
+def models_info(model: Path | None, detector_model: Path | None) -> None:
+    """Show the emotion model and its card, the face detector in use, and library versions."""
+    import json
+
+    import cv2
+    import onnxruntime
+
+    from .classification import ModelUnavailable, card_path_for, load_model_card
+    from .detection import DetectorUnavailable, haar_available, resolve_detector
+    from .fetch import cached_yunet_path
+
+    click.echo(f"emotion-batch {__version__}; OpenCV {cv2.__version__}; onnxruntime {onnxruntime.__version__}")
+    try:
+        card = load_model_card(model)
+        raw = json.loads(card_path_for(card.path).read_text(encoding="utf-8"))
+        click.echo(f"model: {card.path}\n  sha256: {card.sha256}\n  labels: {', '.join(card.labels)}")
+        click.echo(f"  input: {card.height}x{card.width} grey; backbone: {raw.get('backbone', '?')}")
+        framing = "measured, from the card" if card.crop_from_card else "default: the card has no crop"
+        click.echo(f"  crop: scale {card.crop.scale:.3f}, offset ({card.crop.offset_x:+.3f}, "
+                   f"{card.crop.offset_y:+.3f}) ({framing})")
+        if raw.get("metrics"):
+            click.echo(f"  metrics: {json.dumps(raw['metrics'])}")
+    except ModelUnavailable as exc:
+        click.echo(f"model: unavailable: {exc}")
+    try:
+        spec = resolve_detector("auto", detector_model)
+        click.echo(f"detector: {spec.kind} {spec.path}\n  sha256: {spec.sha256}")
+    except DetectorUnavailable as exc:
+        click.echo(f"detector: unavailable: {exc}")
+    click.echo(f"  YuNet cache location: {cached_yunet_path()}")
+    click.echo(f"  Haar cascades: {'available' if haar_available() else 'not in this OpenCV'}")

@@ -1,0 +1,118 @@
+"""Finding the input files: walk files and folders deterministically and name each file by its input root.
+
+The extension only nominates a file as an image or a video; the real decode in `sampling` confirms it, so a
+non-media file with a media extension is reported as an error for that file rather than crashing the run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file: where it is, how it is named in the outputs, and what its extension says it is."""
+
+    path: Path
+    #: Path relative to the input root it was found under, with forward slashes.
+    source: str
+    #: "image", "video", or None when the extension is not a media extension (the file is skipped).
+    media_type: str | None
+
+    @property
+    def skip_reason(self) -> str | None:
+        """Why the file is not analysed, or None when it is a media candidate."""
+        if self.media_type is None:
+            return f"not a media file extension ({self.path.suffix or 'no extension'})"
+        return None
+
+
+def media_type_for(path: Path) -> str | None:
+    """Classify a path by extension (case-insensitive): "image", "video" or None."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def _matches(source: str, patterns: Iterable[str]) -> bool:
+    # A pattern may target the relative path ("clips/*.mp4", "*/raw/*") or just the file name ("*.MOV").
+    name = PurePosixPath(source).name
+    return any(fnmatch.fnmatchcase(source, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _real(path: Path) -> Path:
+    """Resolve symlinks, tolerating loops (they are reported later, when the file is opened)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _walk(root: Path, ignore_dirs: frozenset[Path]) -> Iterable[Path]:
+    """Yield files under root in sorted order, following directory symlinks once and skipping hidden entries."""
+    seen: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        real = _real(here)
+        if real in seen or real in ignore_dirs:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield here / name
+
+
+def discover(
+    paths: Sequence[str | os.PathLike[str]],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    ignore: Iterable[str | os.PathLike[str]] = (),
+) -> list[Source]:
+    """List the input files of a run, sorted by source name.
+
+    Files named directly are taken whatever their extension; folders are walked recursively (hidden files and
+    folders are left out, as are any `ignore` paths such as the run's own outputs and chart folder, so a rerun
+    never ingests its own charts). `include`/`exclude` are glob patterns matched against the relative source
+    path or the file name. A file reached twice (two overlapping roots, or a symlink) is listed once.
+    """
+    ignored = frozenset(_real(Path(p)) for p in ignore)
+    found: list[tuple[Path, Path, str]] = []  # (root, file, relative name)
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists() and not root.is_symlink():
+            raise FileNotFoundError(f"input path does not exist: {root}")
+        if root.is_dir():
+            for file in _walk(root, ignored):
+                found.append((root, file, file.relative_to(root).as_posix()))
+        else:
+            found.append((root.parent, root, root.name))
+
+    sources: dict[str, Source] = {}
+    seen_files: set[Path] = set()
+    for root, file, rel in found:
+        real = _real(file)
+        if real in seen_files or real in ignored:
+            continue
+        if include and not _matches(rel, include):
+            continue
+        if exclude and _matches(rel, exclude):
+            continue
+        seen_files.add(real)
+        name = rel
+        if name in sources:
+            # Same relative name under two different roots: qualify it with the root's folder name.
+            name = f"{_real(root).name}/{rel}"
+        sources[name] = Source(path=file.absolute(), source=name, media_type=media_type_for(file))
+    return [sources[k] for k in sorted(sources)]
