@@ -134,6 +134,7 @@ class Classifier:
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
+        ort.set_default_logger_severity(3)  # errors only: onnxruntime's warnings would clutter cron logs
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1

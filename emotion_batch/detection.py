@@ -148,6 +148,8 @@ class YuNetDetector:
 
     def __init__(self, spec: DetectorSpec) -> None:
         self.spec = spec
+        # OpenCV 5 prints a "targets are not supported" warning for every FaceDetectorYN: keep logs clean.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._net = cv2.FaceDetectorYN.create(
                 str(spec.path), "", (320, 320), spec.score_threshold, spec.nms_threshold, 5000

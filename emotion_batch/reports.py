@@ -60,6 +60,16 @@ def smoothing_window(timestamps: np.ndarray) -> float:
     return max(1.0, 3 * step)
 
 
+def _break_gaps(t: np.ndarray, values: np.ndarray, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Insert NaN rows where a track was not seen for longer than max_gap, so lines do not bridge absences."""
+    gaps = np.flatnonzero(np.diff(t) > max_gap) + 1
+    if not len(gaps):
+        return t, values
+    t = np.insert(t, gaps, np.nan)
+    values = np.insert(values, gaps, np.nan, axis=0)
+    return t, values
+
+
 def timeline_chart(rows: pd.DataFrame, title: str, path: str | os.PathLike[str]) -> Path | None:
     """Smoothed emotion probabilities over time, one panel per track. None when no track is long enough."""
     from matplotlib.figure import Figure
@@ -79,6 +89,7 @@ def timeline_chart(rows: pd.DataFrame, title: str, path: str | os.PathLike[str])
         track_rows = faces[faces["track_id"] == track].sort_values("timestamp_s")
         t = track_rows["timestamp_s"].to_numpy(dtype=float)
         smoothed = smooth(t, track_rows[list(EMOTIONS)].to_numpy(dtype=float), window)
+        t, smoothed = _break_gaps(t, smoothed, window)
         for k, emotion in enumerate(EMOTIONS):
             ax.plot(t, smoothed[:, k], color=EMOTION_COLOURS[emotion], linewidth=1.8, label=emotion)
         ax.set_ylim(0, 1)
@@ -124,7 +135,7 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], max_file
                 ax.text(start + width / 2, yi, f"{width:.0%}", ha="center", va="center", fontsize=8)
         left += mix[:, k]
     ax.set_yticks(y, labels, fontsize=9)
-    ax.invert_yaxis()
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first file on top, no empty margin
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_xlabel("share of mean emotion probability over all detected faces")

@@ -73,21 +73,12 @@ class Engine:
 _engine: tuple[tuple[DetectorSpec, ModelCard], Engine] | None = None
 
 
-def quiet_native_logs() -> None:
-    """Keep OpenCV's and onnxruntime's own console chatter out of logs (cron mail stays readable)."""
-    import onnxruntime as ort
-
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    ort.set_default_logger_severity(3)
-
-
 def engine_for(settings: Settings) -> Engine:
     """This process's engine for the settings, created on first use (one ONNX session per process)."""
     global _engine
     key = (settings.detector, settings.model)
     if _engine is None or _engine[0] != key:
         cv2.setNumThreads(1)  # parallelism comes from worker processes, not threads fighting over cores
-        quiet_native_logs()
         _engine = (key, Engine(create_detector(settings.detector), Classifier(settings.model)))
     return _engine[1]
 
