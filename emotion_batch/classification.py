@@ -96,7 +96,8 @@ def load_model_card(model_path: str | os.PathLike[str] | None = None) -> ModelCa
         raise ModelUnavailable(f"model card {card_path}: only greyscale (channels 1) models are supported")
     crop_spec = card.get("crop")
     try:
-        crop = CropGeometry(**{k: float(v) for k, v in crop_spec.items()}) if crop_spec else CropGeometry()
+        fields = ("scale", "offset_x", "offset_y")  # other keys (e.g. provenance notes) are ignored
+        crop = CropGeometry(**{k: float(crop_spec[k]) for k in fields if k in crop_spec}) if crop_spec else CropGeometry()
     except (AttributeError, TypeError, ValueError) as exc:
         raise ModelUnavailable(f"model card {card_path}: invalid crop {crop_spec!r}") from exc
     return ModelCard(
