@@ -1,0 +1,76 @@
+"""Summary numbers and charts: the PNGs exist, have the expected size, and are not blank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emotion_batch.reports import chart_filename, file_stats, overview_chart, timeline_chart
+from emotion_batch.schema import EMOTIONS, rows_frame, summary_frame
+
+
+def rows_for(source: str, tracks: int, samples: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(samples):
+        t = k * 0.5
+        if k % 7 == 3:  # a frame without faces
+            rows.append((source, k * 12, t, 0, *([None] * 16)))
+            continue
+        for track in range(tracks):
+            p = rng.dirichlet(np.ones(7) + 4 * np.eye(7)[(track * 3 + k // 10) % 7])
+            rows.append((source, k * 12, t, tracks, track, track, 10, 10, 50, 60, 0.9, *p,
+                         EMOTIONS[int(np.argmax(p))], float(p.max())))
+    return rows_frame(rows)
+
+
+def test_file_stats() -> None:
+    rows = rows_for("v.mp4", tracks=2, samples=14)
+    stats = file_stats(rows)
+    assert stats["frames_sampled"] == 14 and stats["frames_with_faces"] == 12
+    assert stats["faces"] == 24 and stats["tracks"] == 2
+    assert sum(stats[f"mean_{e}"] for e in EMOTIONS) == pytest.approx(1.0)
+    assert stats["dominant_emotion"] == max(EMOTIONS, key=lambda e: stats[f"mean_{e}"])
+    empty = file_stats(rows_for("v.mp4", tracks=0, samples=3))
+    assert (empty["faces"], empty["tracks"], empty["dominant_emotion"]) == (0, 0, None)
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [("a.mp4", "a.mp4.timeline.png"), ("day 1/cam:2.mov", "day_1__cam_2.mov.timeline.png")],
+)
+def test_chart_filename(source: str, name: str) -> None:
+    assert chart_filename(source) == name
+
+
+def assert_real_png(path: Path, min_width: int, min_height: int) -> None:
+    image = cv2.imread(str(path))
+    assert image is not None, f"{path} is not a readable PNG"
+    assert image.shape[1] >= min_width and image.shape[0] >= min_height
+    assert image.std() > 20, "chart looks blank"
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50, "chart has too few colours to hold lines and text"
+
+
+def test_timeline_chart(tmp_path: Path) -> None:
+    path = timeline_chart(rows_for("clips/v.mp4", tracks=2, samples=40), "clips/v.mp4", tmp_path / "t.png")
+    assert path == tmp_path / "t.png"
+    assert_real_png(path, 1000, 500)
+
+
+def test_timeline_chart_without_faces_draws_nothing(tmp_path: Path) -> None:
+    assert timeline_chart(rows_for("v.mp4", tracks=0, samples=5), "v.mp4", tmp_path / "t.png") is None
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_overview_chart(tmp_path: Path) -> None:
+    records = []
+    for i, name in enumerate(["a.jpg", "b/c.mp4", "d.png"]):
+        rows = rows_for(name, tracks=1 + i, samples=10, seed=i)
+        records.append({"source": name, "status": "ok", **file_stats(rows)})
+    records.append({"source": "bad.mp4", "status": "error", "error": "cannot open as a video"})
+    path = overview_chart(summary_frame(records), tmp_path / "overview.png")
+    assert_real_png(path, 1000, 250)
+    assert overview_chart(summary_frame(records[3:]), tmp_path / "none.png") is None
