@@ -1,0 +1,191 @@
+"""``emotion-train``: train, export and evaluate an emotion classifier on a folder-per-class dataset.
+
+    emotion-train DATA_DIR --out RUN_DIR [options]     train, export to ONNX, evaluate (the default step)
+    emotion-train export RUN_DIR                       re-export best.keras -> model.onnx with a parity check
+    emotion-train evaluate RUN_DIR [--test DIR]        measure model.onnx, rewrite metrics.json and the card
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .data import DatasetError
+from .model import BACKBONES, ModelConfig
+
+log = logging.getLogger("emotion_train")
+
+
+class DefaultCommandGroup(click.Group):
+    """Routes ``emotion-train DATA_DIR ...`` to the ``train`` command, keeping named steps as subcommands."""
+
+    default_command = "train"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+def _setup_logging(log_file: Path | None, verbose: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    for noisy in ("tensorflow", "absl", "tf2onnx", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _fail(exc: Exception) -> None:
+    log.error("%s", exc)
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train the emotion classifier on a folder-per-class dataset and export it to ONNX."""
+    _quiet_tensorflow()
+
+
+@main.command("train")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: model.onnx, model.json, metrics.json, plots, history, checkpoints.")
+@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Validation folder (same class subfolders). Default: a stratified split of DATA_DIR.")
+@click.option("--val-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of DATA_DIR held out per class when --val is not given.")
+@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Test folder, used once at the end for the reported metrics.")
+@click.option("--train-pattern", help="Only DATA_DIR files whose name matches this glob.")
+@click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
+@click.option("--test-pattern", help="Only --test files whose name matches this glob (e.g. 'PrivateTest_*').")
+@click.option("--backbone", type=click.Choice(BACKBONES), default="mobilenetv2", show_default=True)
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="Backbone width multiplier.")
+@click.option("--input-size", type=click.IntRange(32, 512), default=96, show_default=True,
+              help="Resolution the backbone sees (upsampled inside the graph).")
+@click.option("--image-size", type=click.IntRange(0, 512), default=0, show_default=True,
+              help="Resolution images are stored at and the ONNX input; 0 = the data's typical size, "
+                   "at most --input-size.")
+@click.option("--weights", default="none", show_default=True,
+              help="'imagenet' (Keras download), 'none' (from scratch) or a path to a no-top .h5 file.")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Total epochs, both stages.")
+@click.option("--head-epochs", type=click.IntRange(0), default=3, show_default=True,
+              help="Stage 1 epochs training only the head on a frozen backbone (skipped with --weights none).")
+@click.option("--fine-tune-layers", type=click.IntRange(0), default=0, show_default=True,
+              help="Stage 2 trains the top N backbone layers; 0 = all of them.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Stage 2 peak learning rate (cosine decay).")
+@click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Stage 1 learning rate.")
+@click.option("--warmup-epochs", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.1, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True)
+@click.option("--l2", type=click.FloatRange(0), default=0.0, show_default=True, help="L2 penalty on the head.")
+@click.option("--class-weight", type=click.Choice(["none", "sqrt", "balanced"]), default="sqrt", show_default=True,
+              help="Loss weights against class imbalance.")
+@click.option("--augment", type=click.FloatRange(0, 3), default=1.0, show_default=True,
+              help="Augmentation strength (0 = none).")
+@click.option("--bn-momentum", type=click.FloatRange(0, 1), default=0.99, show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=8, show_default=True,
+              help="Stop fine-tuning after N epochs without a better val accuracy (0 = never).")
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Average the horizontally flipped image's prediction inside the exported graph.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
+@click.option("-v", "--verbose", is_flag=True)
+def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, train_pattern, val_pattern,
+                  test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
+                  fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
+                  dropout, l2, class_weight, augment, bn_momentum, patience, tta, seed, resume, verbose) -> None:
+    """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
+    from .train import TrainConfig
+    from .workflow import DataSpec, RunConfig, train_run
+
+    _setup_logging(run_dir / "train.log", verbose)
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise click.BadParameter(f"{weights}: no such weights file", param_hint="--weights")
+    weights = weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
+    model = ModelConfig(backbone=backbone, alpha=alpha, image_size=image_size, input_size=input_size,
+                        weights=weights, dropout=dropout, l2=l2, bn_momentum=bn_momentum)
+    train = TrainConfig(model=model, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,
+                        head_lr=head_lr, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                        fine_tune_layers=fine_tune_layers, label_smoothing=label_smoothing,
+                        class_weight=class_weight, augment=augment, patience=patience, seed=seed)
+    spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None  # noqa: E731
+    config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
+                       val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,
+                       command=["emotion-train", *sys.argv[1:]])
+    try:
+        results = train_run(config, run_dir, resume, verbose=1 if sys.stdout.isatty() else 2)
+    except DatasetError as exc:
+        _fail(exc)
+    _print_result(run_dir, results)
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tta/--no-tta", default=None, help="Override the run's flip-TTA setting.")
+@click.option("-v", "--verbose", is_flag=True)
+def export_command(run_dir: Path, tta: bool | None, verbose: bool) -> None:
+    """Export RUN_DIR's best checkpoint to model.onnx (fails above 1e-4 max abs difference), then evaluate."""
+    from .export import ExportError
+    from .workflow import evaluate_run, export_run
+
+    _setup_logging(run_dir / "train.log", verbose)
+    try:
+        parity = export_run(run_dir, flip_tta=tta)
+        results = evaluate_run(run_dir)
+    except (DatasetError, ExportError) as exc:
+        _fail(exc)
+    click.echo(f"parity: max |onnx - keras| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
+    _print_result(run_dir, results)
+
+
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Test folder to report on (default: the run's own --test, else validation).")
+@click.option("--test-pattern", help="Only files whose name matches this glob.")
+@click.option("-v", "--verbose", is_flag=True)
+def evaluate_command(run_dir: Path, test_dir: Path | None, test_pattern: str | None, verbose: bool) -> None:
+    """Measure RUN_DIR/model.onnx as the runtime runs it; rewrite metrics.json, plots and model.json."""
+    from .workflow import DataSpec, evaluate_run
+
+    _setup_logging(run_dir / "train.log", verbose)
+    test = DataSpec(str(test_dir.resolve()), test_pattern) if test_dir else None
+    try:
+        results = evaluate_run(run_dir, test=test)
+    except DatasetError as exc:
+        _fail(exc)
+    _print_result(run_dir, results)
+
+
+def _print_result(run_dir: Path, results: dict) -> None:
+    for name in ("val", "test"):
+        if name in results:
+            m = results[name]
+            click.echo(f"{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']}, {m['split']})")
+    click.echo(f"wrote {run_dir / 'model.onnx'} and {run_dir / 'model.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The classifier graph: greyscale 0-255 in, class probabilities out, every preprocessing step inside.
+
+Keeping the resize, grey-to-RGB replication and the backbone's normalisation inside the graph means the
+exported ONNX model and the runtime cannot preprocess differently from training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+BACKBONES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large")
+CLASSIFIER_NAME = "classifier"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "mobilenetv2"
+    alpha: float = 1.0
+    image_size: int = 48  # resolution the data is stored at; the ONNX input
+    input_size: int = 96  # resolution the backbone sees; upsampled inside the graph
+    num_classes: int = 7
+    weights: str = "none"  # "imagenet", "none" or a path to a no-top .h5 file
+    dropout: float = 0.3
+    l2: float = 0.0
+    bn_momentum: float = 0.99
+
+
+def _backbone(config: ModelConfig) -> keras.Model:
+    """The Keras application without its top, global-average pooled."""
+    from keras import applications
+
+    shape = (config.input_size, config.input_size, 3)
+    keras_weights = "imagenet" if config.weights == "imagenet" else None
+    common = dict(input_shape=shape, alpha=config.alpha, include_top=False, weights=keras_weights, pooling="avg")
+    if config.backbone == "mobilenet":
+        base = applications.MobileNet(**common)
+    elif config.backbone == "mobilenetv2":
+        base = applications.MobileNetV2(**common)
+    elif config.backbone == "mobilenetv3small":
+        base = applications.MobileNetV3Small(**common, include_preprocessing=False)
+    elif config.backbone == "mobilenetv3large":
+        base = applications.MobileNetV3Large(**common, include_preprocessing=False)
+    else:
+        raise ValueError(f"unknown backbone {config.backbone!r}; choose from {', '.join(BACKBONES)}")
+    if config.weights not in ("imagenet", "none"):
+        path = Path(config.weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: weights file not found")
+        # Legacy .h5 files from keras-applications load by layer order into a freshly built backbone.
+        base.load_weights(str(path))
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = config.bn_momentum
+    return base
+
+
+def build_classifier(config: ModelConfig) -> keras.Model:
+    """Inference graph: [N, S, S, 1] float 0-255 -> [N, C] probabilities."""
+    inputs = keras.Input((config.image_size, config.image_size, 1), name="image")
+    x = inputs
+    if config.image_size != config.input_size:
+        x = layers.Resizing(config.input_size, config.input_size, interpolation="bilinear", name="upsample")(x)
+    x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    # MobileNet v1, v2 and v3 (without include_preprocessing) all expect [-1, 1].
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(x)
+    x = _backbone(config)(x)
+    if config.dropout > 0:
+        x = layers.Dropout(config.dropout, name="head_dropout")(x)
+    regulariser = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
+    outputs = layers.Dense(
+        config.num_classes, activation="softmax", kernel_regularizer=regulariser, name="probs"
+    )(x)
+    return keras.Model(inputs, outputs, name=CLASSIFIER_NAME)
+
+
+def build_augmenter(image_size: int, strength: float = 1.0, seed: int | None = None) -> keras.Sequential:
+    """Random geometric and photometric changes, active only in training; Keras layers so any backend runs them."""
+    s = strength
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.05 * s, fill_mode="reflect", seed=seed),  # about +-18 degrees
+            layers.RandomTranslation(0.1 * s, 0.1 * s, fill_mode="reflect", seed=seed),
+            layers.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed),
+            layers.RandomShear(x_factor=0.1 * s, y_factor=0.1 * s, fill_mode="reflect", seed=seed),
+            layers.RandomBrightness(0.25 * s, value_range=(0, 255), seed=seed),
+            layers.RandomContrast(0.3 * s, value_range=(0, 255), seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def build_training_model(classifier: keras.Model, augmenter: keras.Sequential) -> keras.Model:
+    """Augmentation in front of the classifier; saved whole so a resumed run keeps its optimiser."""
+    inputs = keras.Input(classifier.input_shape[1:], name="image")
+    outputs = classifier(augmenter(inputs))
+    return keras.Model(inputs, outputs, name="trainer")
+
+
+def classifier_of(training_model: keras.Model) -> keras.Model:
+    return training_model.get_layer(CLASSIFIER_NAME)
+
+
+def backbone_of(classifier: keras.Model) -> keras.Model:
+    """The nested Keras application inside the classifier."""
+    for layer in classifier.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError("classifier has no nested backbone model")
+
+
+def set_trainable(classifier: keras.Model, stage: int, fine_tune_layers: int) -> None:
+    """Stage 1: head only. Stage 2: the top ``fine_tune_layers`` backbone layers, or all of them when 0."""
+    base = backbone_of(classifier)
+    if stage == 1:
+        base.trainable = False
+        return
+    base.trainable = True
+    if fine_tune_layers > 0:
+        for layer in base.layers[:-fine_tune_layers]:
+            layer.trainable = False

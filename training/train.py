@@ -1,0 +1,312 @@
+"""Two-stage transfer learning with checkpoints that a killed run resumes from exactly.
+
+Stage 1 trains the head on a frozen backbone; stage 2 fine-tunes the backbone (all of it, or its top
+layers) at a lower, cosine-decayed learning rate. After every epoch the whole training model (weights,
+optimiser slots, iteration counter and therefore the schedule position) is saved, and only then does
+``state.json`` move forward: the state file is the commit point, so a kill at any moment leaves a
+consistent checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .data import Dataset, class_weights
+from .model import (
+    ModelConfig,
+    build_augmenter,
+    build_classifier,
+    build_training_model,
+    classifier_of,
+    set_trainable,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    epochs: int = 30  # total, both stages
+    head_epochs: int = 3  # stage 1; 0 skips it (always skipped when training from scratch)
+    batch_size: int = 64
+    head_lr: float = 1e-3
+    lr: float = 5e-4  # stage-2 peak, after warm-up
+    warmup_epochs: int = 1
+    weight_decay: float = 1e-4
+    fine_tune_layers: int = 0  # 0 = the whole backbone
+    label_smoothing: float = 0.1
+    class_weight: str = "sqrt"
+    augment: float = 1.0
+    patience: int = 8  # epochs without a better val accuracy before stage 2 stops
+    seed: int = 42
+
+    @property
+    def stage1_epochs(self) -> int:
+        return 0 if self.model.weights == "none" else min(self.head_epochs, self.epochs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["model"] = ModelConfig(**data["model"])
+        return cls(**data)
+
+
+@dataclass
+class RunState:
+    """Progress of a run; written atomically after each epoch's checkpoint."""
+
+    epochs_done: int = 0
+    checkpoint: str | None = None  # name of the latest checkpoint under checkpoints/ (weights + optimiser)
+    checkpoint_stage: int = 0
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    wait: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+class RunDir:
+    """Names of everything a run writes, in one place."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.plots = self.root / "plots"
+
+    config = property(lambda self: self.root / "config.json")
+    state = property(lambda self: self.checkpoints / "state.json")
+    best = property(lambda self: self.checkpoints / "best.keras")
+    history_csv = property(lambda self: self.root / "history.csv")
+    history_json = property(lambda self: self.root / "history.json")
+    log_file = property(lambda self: self.root / "train.log")
+    onnx = property(lambda self: self.root / "model.onnx")
+    card = property(lambda self: self.root / "model.json")
+    metrics = property(lambda self: self.root / "metrics.json")
+
+    def load_state(self) -> RunState:
+        if not self.state.exists():
+            return RunState()
+        return RunState(**json.loads(self.state.read_text()))
+
+    def save_state(self, state: RunState) -> None:
+        write_json_atomic(self.state, dataclasses.asdict(state))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=_json_default)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model: keras.Model, checkpoints: Path, name: str) -> None:
+    """Weights plus every optimiser variable (slots, iteration count and so the schedule position).
+
+    The training model is rebuilt from the run's config on resume rather than deserialised, so the
+    checkpoint does not depend on every augmentation layer surviving a Keras config round trip.
+    """
+    weights = checkpoints / f"{name}.weights.h5"
+    tmp = checkpoints / f"{name}.tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, weights)
+    optimizer_vars = {f"v{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
+    fd, tmp_name = tempfile.mkstemp(dir=checkpoints, suffix=".tmp.npz")
+    with os.fdopen(fd, "wb") as handle:
+        np.savez(handle, **optimizer_vars)
+    os.replace(tmp_name, checkpoints / f"{name}.optimizer.npz")
+
+
+def load_checkpoint(model: keras.Model, checkpoints: Path, name: str) -> None:
+    """Inverse of save_checkpoint, on a model built and compiled exactly as when it was saved."""
+    model.load_weights(checkpoints / f"{name}.weights.h5")
+    model.optimizer.build(model.trainable_variables)
+    with np.load(checkpoints / f"{name}.optimizer.npz", allow_pickle=False) as saved:
+        values = [saved[f"v{i:04d}"] for i in range(len(saved.files))]
+    variables = model.optimizer.variables
+    if len(values) != len(variables):
+        raise RuntimeError(
+            f"{checkpoints / name}: optimiser checkpoint has {len(values)} variables, the model needs "
+            f"{len(variables)}; was the run's config changed?"
+        )
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def delete_checkpoint(checkpoints: Path, name: str) -> None:
+    for suffix in (".weights.h5", ".optimizer.npz"):
+        (checkpoints / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def as_inputs(dataset: Dataset) -> np.ndarray:
+    """uint8 [N, S, S] -> float32 [N, S, S, 1] in 0-255, the model's input contract."""
+    return dataset.images[..., None].astype(np.float32)
+
+
+def one_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[targets]
+
+
+def _optimizer(config: TrainConfig, stage: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Constant LR for the head; warm-up then cosine decay for fine-tuning, keyed on the iteration count."""
+    if stage == 1:
+        return keras.optimizers.AdamW(learning_rate=config.head_lr, weight_decay=config.weight_decay)
+    stage2_epochs = max(1, config.epochs - config.stage1_epochs)
+    warmup = min(config.warmup_epochs, stage2_epochs - 1) * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.lr * 0.1,
+        decay_steps=max(1, stage2_epochs * steps_per_epoch - warmup),
+        alpha=0.01,
+        warmup_target=config.lr if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+def _compile(model: keras.Model, config: TrainConfig, stage: int, steps_per_epoch: int) -> None:
+    model.compile(
+        optimizer=_optimizer(config, stage, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves last/best checkpoints, the history and the state after each epoch; applies early stopping."""
+
+    def __init__(self, run: RunDir, state: RunState, stage: int, patience: int):
+        super().__init__()
+        self.run, self.state, self.stage, self.patience = run, state, stage, patience
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        seconds = time.monotonic() - self._started
+        state = self.state
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        state.history.append({"epoch": epoch + 1, "stage": self.stage, "lr": lr, "seconds": seconds, **logs})
+        val_accuracy = logs.get("val_accuracy", -1.0)
+        if val_accuracy > state.best_val_accuracy:
+            state.best_val_accuracy, state.best_epoch, state.wait = val_accuracy, epoch + 1, 0
+            save_model_atomic(classifier_of(self.model), self.run.best)
+        else:
+            state.wait += 1
+
+        name = f"last-epoch{epoch + 1:03d}"
+        save_checkpoint(self.model, self.run.checkpoints, name)
+        previous = state.checkpoint
+        state.epochs_done, state.checkpoint, state.checkpoint_stage = epoch + 1, name, self.stage
+        state.seconds += seconds
+        if self.stage == 2 and self.patience and state.wait >= self.patience:
+            state.stopped_early = True
+            self.model.stop_training = True
+        self.run.save_state(state)  # the commit point
+        if previous and previous != name:
+            delete_checkpoint(self.run.checkpoints, previous)
+        _write_history(self.run, state.history)
+        log.info(
+            "epoch %d (stage %d) %.0fs: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.2e%s",
+            epoch + 1, self.stage, seconds, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
+            logs.get("val_loss", math.nan), val_accuracy, lr,
+            " (best)" if state.best_epoch == epoch + 1 else "",
+        )
+        if state.stopped_early:
+            log.info("early stop: no better val accuracy for %d epochs", self.patience)
+
+
+def _write_history(run: RunDir, history: list[dict]) -> None:
+    write_json_atomic(run.history_json, {"history": history})
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in history]
+    tmp = run.history_csv.with_suffix(".csv.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, run.history_csv)
+
+
+def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose: int = 1) -> RunState:
+    """Train (or continue training) until both stages are done; returns the final state."""
+    keras.utils.set_random_seed(config.seed)
+    state = run.load_state()
+    if state.finished:
+        log.info("run already finished (%d epochs); nothing to train", state.epochs_done)
+        return state
+
+    x_train, x_val = as_inputs(train), as_inputs(val)
+    y_train = one_hot(train.targets, config.model.num_classes)
+    y_val = one_hot(val.targets, config.model.num_classes)
+    weights = class_weights(train.targets, config.model.num_classes, config.class_weight)
+    sample_weight = weights[train.targets].astype(np.float32)
+    steps = math.ceil(len(x_train) / config.batch_size)
+    log.info("class weights (%s): %s", config.class_weight,
+             ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)))
+
+    classifier = build_classifier(config.model)
+    model = build_training_model(classifier, build_augmenter(config.model.image_size, config.augment))
+    compiled_stage = 0
+    for stage, stage_end in ((1, config.stage1_epochs), (2, config.epochs)):
+        if state.epochs_done >= stage_end or (stage == 2 and state.stopped_early):
+            continue
+        set_trainable(classifier, stage, config.fine_tune_layers)
+        _compile(model, config, stage, steps)
+        if state.checkpoint and compiled_stage == 0:
+            # Weights always carry over; optimiser state only within the stage it belongs to.
+            if state.checkpoint_stage == stage:
+                log.info("resuming from %s after epoch %d (stage %d)", state.checkpoint, state.epochs_done, stage)
+                load_checkpoint(model, run.checkpoints, state.checkpoint)
+            else:
+                model.load_weights(run.checkpoints / f"{state.checkpoint}.weights.h5")
+        compiled_stage = stage
+        log.info("stage %d: epochs %d-%d, %d trainable weights", stage, state.epochs_done + 1, stage_end,
+                 len(model.trainable_weights))
+        model.fit(
+            x_train, y_train,
+            sample_weight=sample_weight,
+            batch_size=config.batch_size,
+            epochs=stage_end,
+            initial_epoch=state.epochs_done,
+            validation_data=(x_val, y_val),
+            callbacks=[EpochCheckpoint(run, state, stage, config.patience if stage == 2 else 0)],
+            shuffle=True,
+            verbose=verbose,
+        )
+    state.finished = True
+    run.save_state(state)
+    return state

@@ -1,0 +1,291 @@
+"""The three separate steps of a run (train, export, evaluate) and the model card they leave behind.
+
+Each step reads what it needs from RUN_DIR, so ``export`` and ``evaluate`` also work on a run that was
+trained on another machine, and a killed ``train`` continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate as ev
+from .data import Dataset, DatasetError, class_folders, list_images, load_folder, stratified_split, typical_side
+from .train import RunDir, TrainConfig, fit, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CARD_FORMAT = "emotion-batch-model/1"
+PARITY_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A split: a class-folder dataset, optionally narrowed by a file-name glob (FER-2013's test folder holds
+    both PublicTest_* and PrivateTest_* images)."""
+
+    path: str
+    pattern: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.path} [{self.pattern}]" if self.pattern else self.path
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    train: TrainConfig
+    data: DataSpec
+    val: DataSpec | None
+    val_split: float
+    test: DataSpec | None
+    flip_tta: bool
+    command: list[str]
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["train"] = self.train.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        spec = lambda d: DataSpec(**d) if d else None  # noqa: E731
+        return cls(
+            train=TrainConfig.from_dict(data["train"]),
+            data=DataSpec(**data["data"]),
+            val=spec(data.get("val")),
+            val_split=data["val_split"],
+            test=spec(data.get("test")),
+            flip_tta=data["flip_tta"],
+            command=data["command"],
+        )
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "opencv-python-headless",
+                 "jax"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_image_size(config: RunConfig) -> RunConfig:
+    """Fill in the stored resolution from the data when it was left to 'auto' (0)."""
+    if config.train.model.image_size:
+        return config
+    root = Path(config.data.path)
+    entries = list_images(root, class_folders(root), config.data.pattern)
+    side = min(typical_side(root, [rel for rel, _ in entries]), config.train.model.input_size)
+    log.info("%s: images are typically %d px; storing them at %d px", root, side, side)
+    model = dataclasses.replace(config.train.model, image_size=side)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, model=model))
+
+
+def load_splits(config: RunConfig) -> dict[str, Dataset]:
+    """train / val / (test) datasets, with the class sets checked against the training folder."""
+    size = config.train.model.image_size
+    full = load_folder(Path(config.data.path), size, config.data.pattern)
+    if config.val:
+        train = full
+        val = load_folder(Path(config.val.path), size, config.val.pattern, labels=full.labels)
+    else:
+        train, val = stratified_split(full, config.val_split, config.train.seed)
+    splits = {"train": train, "val": val}
+    if config.test:
+        splits["test"] = load_folder(Path(config.test.path), size, config.test.pattern, labels=full.labels)
+    for name, ds in splits.items():
+        log.info("%s: %d images from %s %s", name, len(ds), ds.root, ds.class_counts())
+    if full.skipped:
+        log.warning("%d unreadable training images were skipped (listed in the log and metrics.json)",
+                    len(full.skipped))
+    return splits
+
+
+def start_run(config: RunConfig, run: RunDir, resume: bool) -> RunConfig:
+    """Create RUN_DIR for a new run, or load the stored config of the run being resumed."""
+    if resume:
+        if not run.config.exists():
+            raise DatasetError(f"{run.root}: nothing to resume (no config.json); start without --resume")
+        stored = RunConfig.from_dict(json.loads(run.config.read_text()))
+        if stored.data.path != config.data.path:
+            raise DatasetError(
+                f"{run.root}: this run was trained on {stored.data.path}, not {config.data.path}; "
+                "resume it with the same DATA_DIR"
+            )
+        log.info("resuming %s with its stored configuration", run.root)
+        return stored
+    if run.state.exists() or run.config.exists():
+        raise DatasetError(
+            f"{run.root}: already holds a training run; pass --resume to continue it, or choose a new --out"
+        )
+    config = resolve_image_size(config)
+    write_json_atomic(run.config, config.to_dict())
+    return config
+
+
+def train_run(config: RunConfig, run_root: Path, resume: bool, verbose: int = 1) -> dict:
+    """The whole job: train (or resume), export with a parity check, evaluate, plot and write the card."""
+    run = RunDir(run_root)
+    run.root.mkdir(parents=True, exist_ok=True)
+    config = start_run(config, run, resume)
+    splits = load_splits(config)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    np.save(run.checkpoints / "parity_images.npy", splits["val"].images[:PARITY_IMAGES])
+    _plot_data(splits, run)
+    started = time.monotonic()
+    fit(config.train, run, splits["train"], splits["val"], verbose=verbose)
+    log.info("training done in %.0f s this session", time.monotonic() - started)
+    export_run(run.root)
+    return evaluate_run(run.root, splits=splits)
+
+
+def _plot_data(splits: dict[str, Dataset], run: RunDir) -> None:
+    run.plots.mkdir(parents=True, exist_ok=True)
+    ev.plot_class_distribution(splits, run.plots / "class_distribution.png")
+    ev.plot_samples(splits["train"], run.plots / "samples.png")
+
+
+def export_run(run_root: Path, flip_tta: bool | None = None) -> dict:
+    """best.keras -> model.onnx, verified against Keras on stored real validation images."""
+    import keras
+
+    from .export import export_onnx
+
+    run = RunDir(run_root)
+    config = RunConfig.from_dict(json.loads(run.config.read_text()))
+    if not run.best.exists():
+        raise DatasetError(f"{run.best}: no trained checkpoint to export; train first")
+    tta = config.flip_tta if flip_tta is None else flip_tta
+    classifier = keras.models.load_model(run.best, compile=False)
+    images = np.load(run.checkpoints / "parity_images.npy")[..., None].astype(np.float32)
+    parity = export_onnx(classifier, run.onnx, images, flip_tta=tta)
+    write_json_atomic(run.root / "export.json", {"parity": parity, "parameters": int(classifier.count_params())})
+    return parity
+
+
+def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str, Dataset] | None = None) -> dict:
+    """Measure the exported ONNX model exactly as the runtime runs it; write metrics.json, plots and card."""
+    from .export import onnx_probabilities
+
+    run = RunDir(run_root)
+    config = RunConfig.from_dict(json.loads(run.config.read_text()))
+    if test is not None:
+        config = dataclasses.replace(config, test=test)
+    if splits is None or (test is not None):
+        splits = load_splits(config)
+    labels = splits["train"].labels
+    results: dict = {}
+    for name in ("val", "test"):
+        if name not in splits:
+            continue
+        ds = splits[name]
+        probs = onnx_probabilities(run.onnx, ds.images[..., None].astype(np.float32))
+        split = f"{name}: {ds.root}" + (f" [{ds.pattern}]" if ds.pattern else "")
+        results[name] = ev.classification_metrics(probs, ds.targets, labels, split)
+        ev.plot_confusion(results[name]["confusion_matrix"], labels,
+                          f"Confusion matrix, {name} (acc {results[name]['accuracy']:.3f})",
+                          run.plots / f"confusion_{name}.png")
+        ev.plot_roc(probs, ds.targets, labels, f"ROC one-vs-rest, {name}", run.plots / f"roc_{name}.png")
+        log.info("%s accuracy %.4f, macro-F1 %.4f (n=%d, exported ONNX)", name, results[name]["accuracy"],
+                 results[name]["macro_f1"], ds.targets.size)
+    state = run.load_state()
+    ev.plot_history(state.history, run.plots / "training_curves.png")
+    results["reported_on"] = "test" if "test" in results else "val"
+    results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
+    write_json_atomic(run.metrics, results)
+    card = build_card(run, config, splits, results)
+    write_json_atomic(run.card, card)
+    return results
+
+
+def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], results: dict) -> dict:
+    """What the runtime and a reader need: labels, input contract, metrics with splits, and provenance."""
+    state = run.load_state()
+    export = json.loads((run.root / "export.json").read_text())
+    model = config.train.model
+    previous = json.loads(run.card.read_text()) if run.card.exists() else {}
+
+    def split_summary(m: dict) -> dict:
+        return {
+            "split": m["split"],
+            "n": m["n"],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "macro_roc_auc": m["macro_roc_auc"],
+            "per_class_recall": {k: v["recall"] for k, v in m["per_class"].items()},
+        }
+
+    weights = model.weights
+    weights_info = {"source": weights}
+    if weights not in ("imagenet", "none") and Path(weights).is_file():
+        weights_info["sha256"] = file_sha256(Path(weights))
+    card = {
+        "format": CARD_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "labels": splits["train"].labels,
+        "input": {
+            "name": "image",
+            "height": model.image_size,
+            "width": model.image_size,
+            "channels": 1,
+            "dtype": "float32",
+            "range": [0, 255],
+            "layout": "NHWC",
+            "note": "greyscale face crop resized to height x width; scaling and normalisation happen in the graph",
+        },
+        "output": {"name": "probs", "kind": "probabilities", "order": "labels"},
+        "backbone": {
+            "name": model.backbone,
+            "alpha": model.alpha,
+            "input_size": model.input_size,
+            "weights": weights_info,
+            "parameters": export.get("parameters"),
+        },
+        "tta": "horizontal flip, averaged inside the graph" if export["parity"]["flip_tta"] else None,
+        "export": export["parity"],
+        "metrics": {name: split_summary(results[name]) for name in ("val", "test") if name in results},
+        "training": {
+            "command": config.command,
+            "config": config.train.to_dict(),
+            "seed": config.train.seed,
+            "epochs_run": state.epochs_done,
+            "best_epoch": state.best_epoch,
+            "stopped_early": state.stopped_early,
+            "train_seconds": round(state.seconds, 1),
+            "data": {
+                name: {
+                    "path": str(ds.root),
+                    "pattern": ds.pattern,
+                    "sha256": ds.content_hash,
+                    "images": len(ds),
+                    "class_counts": ds.class_counts(),
+                    "skipped_unreadable": len(ds.skipped),
+                }
+                for name, ds in splits.items()
+            },
+            "versions": _library_versions(),
+        },
+    }
+    if "crop" in previous:  # measured framing (scripts/measure_framing.py) survives re-export
+        card["crop"] = previous["crop"]
+    return card
