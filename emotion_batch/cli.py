@@ -173,19 +173,20 @@ def _chart(draw: Any, data: Any, *args: Any) -> None:
 
 
 def _print_table(console: Any, table: Any, rows: int, elapsed: float) -> None:
+    import pandas as pd
     from rich.table import Table
+    from rich.text import Text
 
     view = Table(title=f"emotion-batch: {len(table)} file(s), {rows} row(s) in {elapsed:.1f} s")
     for name in ("source", "status", "frames", "faces", "tracks", "dominant", "note"):
         view.add_column(name, justify="right" if name in ("frames", "faces", "tracks") else "left")
     style = {"ok": "green", "error": "bold red", "skipped": "yellow"}
-    def num(v: Any) -> str:
-        return "" if v is None or v != v else str(int(v))
+    def text(v: Any) -> str:
+        return "" if pd.isna(v) else str(v)
 
-    for r in table.itertuples():
-        view.add_row(r.source, f"[{style.get(r.status, '')}]{r.status}", num(r.frames_sampled), num(r.faces),
-                     num(r.tracks), r.dominant_emotion if isinstance(r.dominant_emotion, str) else "",
-                     r.error if isinstance(r.error, str) else "")
+    for r in table.itertuples():  # Text cells: file names may contain [brackets] that are not markup
+        view.add_row(Text(r.source), Text(r.status, style=style.get(r.status, "")), text(r.frames_sampled),
+                     text(r.faces), text(r.tracks), text(r.dominant_emotion), Text(text(r.error)))
     console.print(view)
 
 
