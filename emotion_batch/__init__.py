@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["analyze", "ConfigError", "__version__"]
+__all__ = ["ConfigError", "__version__", "analyze"]
 
 if TYPE_CHECKING:
     from .api import ConfigError, analyze

@@ -97,7 +97,11 @@ def load_model_card(model_path: str | os.PathLike[str] | None = None) -> ModelCa
     crop_spec = card.get("crop")
     try:
         fields = ("scale", "offset_x", "offset_y")  # other keys (e.g. provenance notes) are ignored
-        crop = CropGeometry(**{k: float(crop_spec[k]) for k in fields if k in crop_spec}) if crop_spec else CropGeometry()
+        crop = (
+            CropGeometry(**{k: float(crop_spec[k]) for k in fields if k in crop_spec})
+            if crop_spec
+            else CropGeometry()
+        )
     except (AttributeError, TypeError, ValueError) as exc:
         raise ModelUnavailable(f"model card {card_path}: invalid crop {crop_spec!r}") from exc
     return ModelCard(

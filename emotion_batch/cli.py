@@ -57,40 +57,99 @@ def main() -> None:
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@_option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-         help="Per-frame results: .csv, or .parquet by extension.")
-@_option("--summary", type=click.Path(dir_okay=False, path_type=Path),
-         help="Per-file summary [default: <out stem>_summary.<ext> beside --out].")
-@_option("--charts", type=click.Path(file_okay=False, path_type=Path),
-         help="Folder for the PNG charts [default: <out stem>_charts/ beside --out].")
+@_option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Per-frame results: .csv, or .parquet by extension.",
+)
+@_option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Per-file summary [default: <out stem>_summary.<ext> beside --out].",
+)
+@_option(
+    "--charts",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the PNG charts [default: <out stem>_charts/ beside --out].",
+)
 @_option("--no-charts", is_flag=True, help="Do not draw charts.")
-@_option("--fps", type=click.FloatRange(min=0, min_open=True),
-         help="Sample this many frames per second of video, by container timestamp [default: 2].")
+@_option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Sample this many frames per second of video, by container timestamp [default: 2].",
+)
 @_option("--every", type=click.IntRange(min=1), help="Sample every Nth frame instead of by time.")
 @_option("--start", type=click.FloatRange(min=0), help="Start of the analysed window, in seconds.")
 @_option("--end", type=click.FloatRange(min=0), help="End of the analysed window, in seconds.")
 @_option("--max-frames", type=click.IntRange(min=1), help="At most this many sampled frames per video.")
-@_option("--detector", type=click.Choice(["auto", "yunet", "haar"]), default="auto", show_default=True,
-         help="Face detector; auto uses YuNet when its file is found, else Haar where OpenCV has it.")
-@_option("--detector-model", type=click.Path(dir_okay=False, path_type=Path),
-         help="YuNet ONNX file [default: the user cache, filled by `emotion-batch models fetch`].")
-@_option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-         help="Emotion model .onnx with its .json card beside it [default: the bundled model].")
-@_option("--min-face", type=click.IntRange(min=1), default=20, show_default=True,
-         help="Ignore faces smaller than this many pixels (shorter box side, full resolution).")
-@_option("--score-threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
-         help="Minimum detector score for a face.")
-@_option("--annotate", type=click.Path(file_okay=False, path_type=Path),
-         help="Write copies of images and sampled frames with boxes and labels into this folder.")
-@_option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-         help="Files processed in parallel, one process each.")
-@_option("--include", multiple=True, help="Only files matching this glob (relative path or name); repeatable.")
-@_option("--exclude", multiple=True, help="Skip files matching this glob (relative path or name); repeatable.")
+@_option(
+    "--detector",
+    type=click.Choice(["auto", "yunet", "haar"]),
+    default="auto",
+    show_default=True,
+    help="Face detector; auto uses YuNet when its file is found, else Haar where OpenCV has it.",
+)
+@_option(
+    "--detector-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YuNet ONNX file [default: the user cache, filled by `emotion-batch models fetch`].",
+)
+@_option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Emotion model .onnx with its .json card beside it [default: the bundled model].",
+)
+@_option(
+    "--min-face",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Ignore faces smaller than this many pixels (shorter box side, full resolution).",
+)
+@_option(
+    "--score-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.6,
+    show_default=True,
+    help="Minimum detector score for a face.",
+)
+@_option(
+    "--annotate",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write copies of images and sampled frames with boxes and labels into this folder.",
+)
+@_option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Files processed in parallel, one process each.",
+)
+@_option(
+    "--include", multiple=True, help="Only files matching this glob (relative path or name); repeatable."
+)
+@_option(
+    "--exclude", multiple=True, help="Skip files matching this glob (relative path or name); repeatable."
+)
 @_option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress display.")
 @_option("--verbose", "-v", is_flag=True, help="Debug logging.")
-@_option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also append plain log lines here.")
-def analyze(paths: tuple[Path, ...], out: Path, summary: Path | None, charts: Path | None, no_charts: bool,
-            quiet: bool, verbose: bool, log_file: Path | None, **options: Any) -> None:
+@_option(
+    "--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also append plain log lines here."
+)
+def analyze(
+    paths: tuple[Path, ...],
+    out: Path,
+    summary: Path | None,
+    charts: Path | None,
+    no_charts: bool,
+    quiet: bool,
+    verbose: bool,
+    log_file: Path | None,
+    **options: Any,
+) -> None:
     """Analyse videos and photos (files or folders, walked recursively) and write the results.
 
     Writes one row per face per sampled frame to --out, a per-file summary, and charts (a timeline per video
@@ -120,12 +179,18 @@ def analyze(paths: tuple[Path, ...], out: Path, summary: Path | None, charts: Pa
     options["include"], options["exclude"] = tuple(options["include"]), tuple(options["exclude"])
     started = time.perf_counter()
     try:
-        job = api.prepare(list(paths), api.Options(**options), ignore=[out, summary, *filter(None, [charts_dir])])
+        job = api.prepare(
+            list(paths), api.Options(**options), ignore=[out, summary, *filter(None, [charts_dir])]
+        )
     except api.ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     settings = job.settings
-    log.info("detector %s; model %s (sha256 %s)", settings.detector.name, settings.model.name,
-             settings.model.sha256[:12])
+    log.info(
+        "detector %s; model %s (sha256 %s)",
+        settings.detector.name,
+        settings.model.name,
+        settings.model.sha256[:12],
+    )
     if not settings.model.crop_from_card:
         log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
     if charts_dir is not None:
@@ -139,8 +204,12 @@ def analyze(paths: tuple[Path, ...], out: Path, summary: Path | None, charts: Pa
                 sink.write(result.rows)
                 summaries.append(result.summary)
                 if charts_dir is not None and result.source.media_type == "video" and result.status == "ok":
-                    _chart(reports.timeline_chart, result.rows, result.source.source,
-                           charts_dir / reports.chart_filename(result.source.source))
+                    _chart(
+                        reports.timeline_chart,
+                        result.rows,
+                        result.source.source,
+                        charts_dir / reports.chart_filename(result.source.source),
+                    )
         table = summary_frame(summaries)
         write_table(summary, table, summary_frame([]))
     except OutputError as exc:
@@ -153,12 +222,23 @@ def analyze(paths: tuple[Path, ...], out: Path, summary: Path | None, charts: Pa
     if interactive:
         _print_table(console, table, sink.rows_written, elapsed)
     counts = table["status"].value_counts()
-    log.info("done in %.1f s: %d file(s) (%d ok, %d error, %d skipped), %d row(s), %d face(s); results in %s",
-             elapsed, len(table), counts.get("ok", 0), counts.get("error", 0), counts.get("skipped", 0),
-             sink.rows_written, int(table["faces"].fillna(0).sum()), out)
+    log.info(
+        "done in %.1f s: %d file(s) (%d ok, %d error, %d skipped), %d row(s), %d face(s); results in %s",
+        elapsed,
+        len(table),
+        counts.get("ok", 0),
+        counts.get("error", 0),
+        counts.get("skipped", 0),
+        sink.rows_written,
+        int(table["faces"].fillna(0).sum()),
+        out,
+    )
     if len(failed):
-        log.error("%d file(s) failed:\n%s", len(failed),
-                  "\n".join(f"  {s}: {e}" for s, e in zip(failed["source"], failed["error"])))
+        log.error(
+            "%d file(s) failed:\n%s",
+            len(failed),
+            "\n".join(f"  {s}: {e}" for s, e in zip(failed["source"], failed["error"])),
+        )
         sys.exit(EXIT_FAILURES)
 
 
@@ -181,12 +261,20 @@ def _print_table(console: Any, table: Any, rows: int, elapsed: float) -> None:
     for name in ("source", "status", "frames", "faces", "tracks", "dominant", "note"):
         view.add_column(name, justify="right" if name in ("frames", "faces", "tracks") else "left")
     style = {"ok": "green", "error": "bold red", "skipped": "yellow"}
+
     def text(v: Any) -> str:
         return "" if pd.isna(v) else str(v)
 
     for r in table.itertuples():  # Text cells: file names may contain [brackets] that are not markup
-        view.add_row(Text(r.source), Text(r.status, style=style.get(r.status, "")), text(r.frames_sampled),
-                     text(r.faces), text(r.tracks), text(r.dominant_emotion), Text(text(r.error)))
+        view.add_row(
+            Text(r.source),
+            Text(r.status, style=style.get(r.status, "")),
+            text(r.frames_sampled),
+            text(r.faces),
+            text(r.tracks),
+            text(r.dominant_emotion),
+            Text(text(r.error)),
+        )
     console.print(view)
 
 
@@ -196,8 +284,12 @@ def models() -> None:
 
 
 @models.command("fetch")
-@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Install from a local copy of the file instead of downloading (offline machines).")
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Install from a local copy of the file instead of downloading (offline machines).",
+)
 @click.option("--url", default=None, help="Download from this URL (a mirror) instead of the official one.")
 @click.option("--force", is_flag=True, help="Reinstall even when a verified copy is already there.")
 def models_fetch(from_file: Path | None, url: str | None, force: bool) -> None:
@@ -218,9 +310,14 @@ def models_fetch(from_file: Path | None, url: str | None, force: bool) -> None:
 
 
 @models.command("info")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Show this model instead of the bundled one.")
-@click.option("--detector-model", type=click.Path(dir_okay=False, path_type=Path), help="YuNet file to check.")
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Show this model instead of the bundled one.",
+)
+@click.option(
+    "--detector-model", type=click.Path(dir_okay=False, path_type=Path), help="YuNet file to check."
+)
 def models_info(model: Path | None, detector_model: Path | None) -> None:
     """Show the emotion model and its card, the face detector in use, and library versions."""
     import json
@@ -232,15 +329,19 @@ def models_info(model: Path | None, detector_model: Path | None) -> None:
     from .detection import DetectorUnavailable, haar_available, resolve_detector
     from .fetch import cached_yunet_path
 
-    click.echo(f"emotion-batch {__version__}; OpenCV {cv2.__version__}; onnxruntime {onnxruntime.__version__}")
+    click.echo(
+        f"emotion-batch {__version__}; OpenCV {cv2.__version__}; onnxruntime {onnxruntime.__version__}"
+    )
     try:
         card = load_model_card(model)
         raw = json.loads(card_path_for(card.path).read_text(encoding="utf-8"))
         click.echo(f"model: {card.path}\n  sha256: {card.sha256}\n  labels: {', '.join(card.labels)}")
         click.echo(f"  input: {card.height}x{card.width} grey; backbone: {raw.get('backbone', '?')}")
         framing = "measured, from the card" if card.crop_from_card else "default: the card has no crop"
-        click.echo(f"  crop: scale {card.crop.scale:.3f}, offset ({card.crop.offset_x:+.3f}, "
-                   f"{card.crop.offset_y:+.3f}) ({framing})")
+        click.echo(
+            f"  crop: scale {card.crop.scale:.3f}, offset ({card.crop.offset_x:+.3f}, "
+            f"{card.crop.offset_y:+.3f}) ({framing})"
+        )
         if raw.get("metrics"):
             click.echo(f"  metrics: {json.dumps(raw['metrics'])}")
     except ModelUnavailable as exc:

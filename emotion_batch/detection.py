@@ -77,7 +77,10 @@ def locate_yunet(explicit: str | os.PathLike[str] | None = None) -> Path | None:
 
     An explicit path or environment variable that names a missing file is an error, not a silent fallback.
     """
-    for given, origin in ((explicit, "--detector-model"), (os.environ.get(DETECTOR_MODEL_ENV), DETECTOR_MODEL_ENV)):
+    for given, origin in (
+        (explicit, "--detector-model"),
+        (os.environ.get(DETECTOR_MODEL_ENV), DETECTOR_MODEL_ENV),
+    ):
         if given:
             path = Path(given).expanduser()
             if not path.is_file():
@@ -105,7 +108,7 @@ def resolve_detector(
     """Turn the user's `--detector` choice into a concrete detector, failing with a clear message."""
     if choice not in DETECTOR_CHOICES:
         raise DetectorUnavailable(f"unknown detector {choice!r}; choose one of {', '.join(DETECTOR_CHOICES)}")
-    common = dict(score_threshold=score_threshold, min_face=min_face, working_width=working_width)
+    common = {"score_threshold": score_threshold, "min_face": min_face, "working_width": working_width}
     if choice in ("auto", "yunet"):
         path = locate_yunet(model_path)
         if path is not None:
@@ -115,7 +118,9 @@ def resolve_detector(
     if haar_available():
         path = Path(cv2.data.haarcascades) / _HAAR_FILE
         if choice == "auto":
-            log.warning("YuNet model file not found, using the Haar cascade (less accurate); %s", _fetch_hint())
+            log.warning(
+                "YuNet model file not found, using the Haar cascade (less accurate); %s", _fetch_hint()
+            )
         return DetectorSpec(kind="haar", path=path, sha256=sha256_file(path), **common)
     if choice == "haar":
         raise DetectorUnavailable(
@@ -168,7 +173,9 @@ class YuNetDetector:
         if faces is None:
             return []
         found = [
-            Detection(float(f[0]) * back, float(f[1]) * back, float(f[2]) * back, float(f[3]) * back, float(f[14]))
+            Detection(
+                float(f[0]) * back, float(f[1]) * back, float(f[2]) * back, float(f[3]) * back, float(f[14])
+            )
             for f in faces
         ]
         return _ordered([d for d in found if min(d.w, d.h) >= self.spec.min_face])
@@ -187,7 +194,9 @@ class HaarDetector:
         small, back = _working_copy(image, self.spec.working_width)
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         min_size = max(1, int(self.spec.min_face / back))
-        boxes = self._cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
+        boxes = self._cascade.detectMultiScale(
+            grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size)
+        )
         return _ordered([Detection(x * back, y * back, w * back, h * back, 1.0) for (x, y, w, h) in boxes])
 
 

@@ -21,9 +21,7 @@ from .digest import sha256_file
 
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-YUNET_URL = (
-    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
-)
+YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
 #: Overrides the cache folder (useful for tests, containers and shared installs).
 CACHE_DIR_ENV = "EMOTION_BATCH_CACHE_DIR"
 # A hostile or broken server must not be able to fill the disk; YuNet is ~230 KB.
@@ -111,4 +109,3 @@ def fetch_yunet(
         where = from_file if from_file is not None else url
         raise FetchError(f"could not read {where}: {exc}") from exc
     return target
-

@@ -15,7 +15,9 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
-def configure(level: int, interactive: bool, console: Any = None, log_file: str | os.PathLike[str] | None = None) -> None:
+def configure(
+    level: int, interactive: bool, console: Any = None, log_file: str | os.PathLike[str] | None = None
+) -> None:
     """Send `emotion_batch` log records to the terminal (rich) or stderr (plain), and optionally to a file."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
@@ -27,7 +29,9 @@ def configure(level: int, interactive: bool, console: Any = None, log_file: str 
     if interactive:
         from rich.logging import RichHandler
 
-        screen: logging.Handler = RichHandler(console=console, show_path=False, markup=False, log_time_format="%X")
+        screen: logging.Handler = RichHandler(
+            console=console, show_path=False, markup=False, log_time_format="%X"
+        )
     else:
         screen = logging.StreamHandler()
         screen.setFormatter(logging.Formatter(PLAIN_FORMAT, DATE_FORMAT))

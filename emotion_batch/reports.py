@@ -121,7 +121,8 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], max_file
     mix = with_faces[[f"mean_{e}" for e in EMOTIONS]].to_numpy(dtype=float)
     mix = mix / mix.sum(axis=1, keepdims=True)
     labels = [
-        f"{src}  ({int(n)} face{'s' if n != 1 else ''})" for src, n in zip(with_faces["source"], with_faces["faces"])
+        f"{src}  ({int(n)} face{'s' if n != 1 else ''})"
+        for src, n in zip(with_faces["source"], with_faces["faces"])
     ]
 
     fig = Figure(figsize=(11, 1.4 + 0.42 * len(labels)), dpi=110, layout="constrained")

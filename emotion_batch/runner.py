@@ -131,15 +131,22 @@ def _analyse(source: Source, settings: Settings, on_frame: FrameCallback | None)
         for i, (face, track, p) in enumerate(zip(faces, ids, probs)):
             k = int(np.argmax(p))
             records.append(
-                head + (i, track, *_box(face, width, height), face.score, *p.tolist(), EMOTIONS[k], float(p[k]))
+                head
+                + (i, track, *_box(face, width, height), face.score, *p.tolist(), EMOTIONS[k], float(p[k]))
             )
         if settings.annotate_dir is not None:
-            target = annotate.annotation_path(settings.annotate_dir, source.source, source.media_type, frame.index)
+            target = annotate.annotation_path(
+                settings.annotate_dir, source.source, source.media_type, frame.index
+            )
             annotate.save(target, annotate.draw(frame.image, faces, ids, probs))
         if on_frame:
             on_frame(1)
     rows = rows_frame(records)
-    return FileResult(source, rows, _summary(source, settings, "ok", None, duration_s=sampler.duration_s, **file_stats(rows)))
+    return FileResult(
+        source,
+        rows,
+        _summary(source, settings, "ok", None, duration_s=sampler.duration_s, **file_stats(rows)),
+    )
 
 
 def process_file(source: Source, settings: Settings, on_frame: FrameCallback | None = None) -> FileResult:
@@ -151,7 +158,7 @@ def process_file(source: Source, settings: Settings, on_frame: FrameCallback | N
         result = _analyse(source, settings, on_frame)
     except MediaError as exc:
         result = FileResult(source, rows_frame([]), _summary(source, settings, "error", str(exc)))
-    except Exception as exc:  # noqa: BLE001 - one bad file must not end the run; the cause is recorded
+    except Exception as exc:
         log.debug("unexpected failure on %s", source.source, exc_info=True)
         message = f"unexpected {type(exc).__name__}: {exc}"
         result = FileResult(source, rows_frame([]), _summary(source, settings, "error", message))

@@ -90,7 +90,9 @@ _SUMMARY_DTYPES: dict[str, str] = {
 }
 
 
-def _frame(records: Iterable[Sequence | dict], columns: Sequence[str], dtypes: dict[str, str]) -> pd.DataFrame:
+def _frame(
+    records: Iterable[Sequence | dict], columns: Sequence[str], dtypes: dict[str, str]
+) -> pd.DataFrame:
     return pd.DataFrame.from_records(list(records), columns=list(columns)).astype(dtypes)
 
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import pandas as pd
 
@@ -32,7 +32,7 @@ class _AtomicSink:
         self.rows_written = 0
         self._tmp: Path | None = None
 
-    def __enter__(self) -> _AtomicSink:
+    def __enter__(self) -> Self:
         folder = self.path.parent
         if not folder.is_dir():
             raise OutputError(f"output folder does not exist: {folder}")
@@ -120,8 +120,9 @@ def open_sink(path: str | os.PathLike[str], template: pd.DataFrame) -> _AtomicSi
     return ParquetSink(path, template) if suffix in PARQUET_SUFFIXES else CsvSink(path, template)
 
 
-def write_table(path: str | os.PathLike[str], frame: pd.DataFrame, template: pd.DataFrame | None = None) -> None:
+def write_table(
+    path: str | os.PathLike[str], frame: pd.DataFrame, template: pd.DataFrame | None = None
+) -> None:
     """Write a whole table atomically."""
     with open_sink(path, frame.iloc[:0] if template is None else template) as sink:
         sink.write(frame)
-

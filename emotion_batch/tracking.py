@@ -91,7 +91,9 @@ class FaceTracker:
             if ids[fi] == -1:
                 ids[fi] = self._next_id
                 self._tracks.append(
-                    _Track(self._next_id, face.x + face.w / 2, face.y + face.h / 2, face.w, face.h, timestamp_s)
+                    _Track(
+                        self._next_id, face.x + face.w / 2, face.y + face.h / 2, face.w, face.h, timestamp_s
+                    )
                 )
                 self._next_id += 1
         self._tracks = [

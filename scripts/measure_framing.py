@@ -48,7 +48,13 @@ import cv2
 import numpy as np
 
 from emotion_batch.classification import CropGeometry, crop_face
-from emotion_batch.detection import DEFAULT_SCORE_THRESHOLD, Detection, YuNetDetector, locate_yunet, resolve_detector
+from emotion_batch.detection import (
+    DEFAULT_SCORE_THRESHOLD,
+    Detection,
+    YuNetDetector,
+    locate_yunet,
+    resolve_detector,
+)
 from emotion_batch.fetch import YUNET_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +81,9 @@ def sample_images(root: Path, split: str, count: int, seed: int) -> list[Path]:
     return files[:count]
 
 
-def measure_one(detector: YuNetDetector, grey48: np.ndarray, upscale: int, pad_fraction: float) -> Framing | None:
+def measure_one(
+    detector: YuNetDetector, grey48: np.ndarray, upscale: int, pad_fraction: float
+) -> Framing | None:
     """Framing of one training image, or None when YuNet finds no face centred in it."""
     side = grey48.shape[0] * upscale
     big = cv2.resize(grey48, (side, side), interpolation=cv2.INTER_CUBIC)
@@ -152,22 +160,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--fer", type=Path, default=SHARED / "datasets" / "fer2013", help="FER-2013 root folder")
+    parser.add_argument(
+        "--fer", type=Path, default=SHARED / "datasets" / "fer2013", help="FER-2013 root folder"
+    )
     parser.add_argument("--split", default="train", help="subfolder to sample (train or test)")
     parser.add_argument("--samples", type=int, default=3000, help="number of images to measure")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--upscale", type=int, default=4, help="upscale factor before detection (48 px -> 192 px)")
-    parser.add_argument("--pad", type=float, default=0.25, help="padding added on each side, fraction of image")
+    parser.add_argument(
+        "--upscale", type=int, default=4, help="upscale factor before detection (48 px -> 192 px)"
+    )
+    parser.add_argument(
+        "--pad", type=float, default=0.25, help="padding added on each side, fraction of image"
+    )
     parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
     parser.add_argument("--detector-model", type=Path, help="YuNet ONNX file")
     parser.add_argument("--card", type=Path, help="model.json to write the measured crop into")
-    parser.add_argument("--calibration-photos", type=Path, default=SHARED / "media" / "photos",
-                        help="real photos with faces, to correct the tight-crop bias of the measurement")
+    parser.add_argument(
+        "--calibration-photos",
+        type=Path,
+        default=SHARED / "media" / "photos",
+        help="real photos with faces, to correct the tight-crop bias of the measurement",
+    )
     parser.add_argument("--no-calibration", action="store_true", help="write the raw FER medians")
     args = parser.parse_args(argv)
 
     yunet = args.detector_model or locate_yunet() or SHARED / "detectors" / YUNET_FILENAME
-    spec = resolve_detector("yunet", yunet, score_threshold=args.score_threshold, min_face=1, working_width=10_000)
+    spec = resolve_detector(
+        "yunet", yunet, score_threshold=args.score_threshold, min_face=1, working_width=10_000
+    )
     detector = YuNetDetector(spec)
 
     files = sample_images(args.fer, args.split, args.samples, args.seed)
@@ -182,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {i}/{len(files)} images, {len(framings)} faces", file=sys.stderr)
 
     rate = len(framings) / len(files)
-    print(f"FER-2013 {args.split}: {len(files)} images, YuNet found a centred face in {len(framings)} ({rate:.1%})")
+    print(
+        f"FER-2013 {args.split}: {len(files)} images, YuNet found a centred face in {len(framings)} ({rate:.1%})"
+    )
     if len(framings) < 50:
         print("too few faces to measure the framing reliably", file=sys.stderr)
         return 1
@@ -197,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  true scale {scale:.2f} -> measured {row[0]:.4f} ({row[1]:+.4f}, {row[2]:+.4f})")
         medians = calibrated(medians, scales, curve)
         print(f"calibrated: scale {medians[0]:.4f}, offset ({medians[1]:+.4f}, {medians[2]:+.4f})")
-    crop = {"scale": round(float(medians[0]), 4), "offset_x": round(float(medians[1]), 4),
-            "offset_y": round(float(medians[2]), 4)}
+    crop = {
+        "scale": round(float(medians[0]), 4),
+        "offset_x": round(float(medians[1]), 4),
+        "offset_y": round(float(medians[2]), 4),
+    }
     print("crop:", json.dumps(crop))
     if args.card:
         write_crop(args.card, crop)

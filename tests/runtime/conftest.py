@@ -17,7 +17,13 @@ from emotion_batch.classification import bundled_model_path
 from emotion_batch.fetch import YUNET_FILENAME
 
 from .environment import SHUFFLED_LABELS, VFR_DURATIONS, shared_path
-from .media_factory import astronaut_bgr, no_face_bgr, write_moving_face_video, write_tiny_model, write_vfr_video
+from .media_factory import (
+    astronaut_bgr,
+    no_face_bgr,
+    write_moving_face_video,
+    write_tiny_model,
+    write_vfr_video,
+)
 
 
 @pytest.fixture(scope="session")

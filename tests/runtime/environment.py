@@ -33,5 +33,10 @@ def run_cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None, ti
     command = [exe] if exe else [sys.executable, "-m", "emotion_batch"]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout, check=False
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
     )

@@ -40,7 +40,9 @@ class MovingFaceVideo:
     offsets: tuple[int, ...]
 
 
-def write_moving_face_video(path: Path, fps: float = 25.0, seconds: float = 4.0, travel: int = 340) -> MovingFaceVideo:
+def write_moving_face_video(
+    path: Path, fps: float = 25.0, seconds: float = 4.0, travel: int = 340
+) -> MovingFaceVideo:
     """An mp4 (mp4v) in which the astronaut photo slides left to right across a grey canvas."""
     face = cv2.resize(astronaut_bgr(), (FACE_IMAGE_SIZE, FACE_IMAGE_SIZE), interpolation=cv2.INTER_AREA)
     frames = round(fps * seconds)
@@ -158,7 +160,8 @@ def write_vfr_video(path: Path, durations_s: list[float]) -> list[float]:
     mvhd = next(body for kind, body in _boxes(moov, 0, len(moov)) if kind == b"mvhd")
     movie = {"value": round(media_total / scale * struct.unpack(">I", mvhd[12:16])[0])}
     out = b"".join(
-        _rewrite(kind, body, deltas, media_total, movie) if kind == b"moov" else _pack(kind, body) for kind, body in top
+        _rewrite(kind, body, deltas, media_total, movie) if kind == b"moov" else _pack(kind, body)
+        for kind, body in top
     )
     path.write_bytes(out)
     starts = np.concatenate([[0], np.cumsum(deltas)[:-1]]) / scale

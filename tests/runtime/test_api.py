@@ -19,7 +19,9 @@ def model_kwargs(tiny_model: Path) -> dict:
     return {} if bundled_model_path().is_file() else {"model": tiny_model}
 
 
-def test_analyze_matches_the_cli(mixed_folder: Path, detector_env: Path, model_kwargs: dict, tmp_path: Path) -> None:
+def test_analyze_matches_the_cli(
+    mixed_folder: Path, detector_env: Path, model_kwargs: dict, tmp_path: Path
+) -> None:
     df = emotion_batch.analyze(mixed_folder, progress=False, **model_kwargs)
     assert list(df.columns) == list(ROW_COLUMNS)
     assert str(df["track_id"].dtype) == "Int64" and str(df["happy"].dtype) == "float64"
@@ -30,12 +32,21 @@ def test_analyze_matches_the_cli(mixed_folder: Path, detector_env: Path, model_k
     model_args = ["--model", str(model_kwargs["model"])] if model_kwargs else []
     result = run_cli(mixed_folder, "--out", out, "--no-charts", *model_args)
     assert result.returncode == 1
-    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(pd.io.common.StringIO(df.to_csv(index=False))))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out), pd.read_csv(pd.io.common.StringIO(df.to_csv(index=False)))
+    )
 
 
-def test_analyze_options_and_errors(astronaut_jpg: Path, moving_face_video, detector_env, model_kwargs) -> None:
+def test_analyze_options_and_errors(
+    astronaut_jpg: Path, moving_face_video, detector_env, model_kwargs
+) -> None:
     df = emotion_batch.analyze(
-        [astronaut_jpg, moving_face_video.path], fps=4, max_frames=5, include="*.mp4", progress=False, **model_kwargs
+        [astronaut_jpg, moving_face_video.path],
+        fps=4,
+        max_frames=5,
+        include="*.mp4",
+        progress=False,
+        **model_kwargs,
     )
     assert df["source"].unique().tolist() == ["moving_face.mp4"]
     assert df["frame_index"].tolist() == [0, 7, 13, 19, 25]  # first frames at or after 0, 0.25, 0.5 ...

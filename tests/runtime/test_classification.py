@@ -123,7 +123,9 @@ def test_crop_leaving_the_frame_replicates_edges() -> None:
 def test_probabilities_are_mapped_to_schema_order_by_label_name(tiny_model: Path) -> None:
     classifier = Classifier(load_model_card(tiny_model))
     batch = np.stack([np.full((48, 48, 1), v, np.float32) for v in (0, 80, 255)])
-    raw = ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    raw = ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"]).run(
+        None, {"input": batch}
+    )[0]
     probs = classifier.predict(batch)
     assert probs.shape == (3, 7)
     for k, emotion in enumerate(EMOTIONS):

@@ -54,7 +54,9 @@ def test_exit_code_1_names_the_failed_file(mixed_run) -> None:
 def test_log_is_plain_timestamped_lines_when_not_a_terminal(mixed_run) -> None:
     result, _ = mixed_run
     assert "\x1b" not in result.stderr and "\r" not in result.stderr
-    records = [line for line in result.stderr.splitlines() if not line.startswith("  ")]  # indented: failure list
+    records = [
+        line for line in result.stderr.splitlines() if not line.startswith("  ")
+    ]  # indented: failure list
     assert records and all(TIMESTAMPED.match(line) for line in records), result.stderr
     assert result.stdout == ""
 
@@ -65,14 +67,20 @@ def test_csv_columns_and_order(mixed_run) -> None:
     assert list(rows.columns) == list(ROW_COLUMNS)
     key = rows[["source", "frame_index"]].assign(face=rows["face_index"].fillna(-1))
     assert key.equals(key.sort_values(["source", "frame_index", "face"]).reset_index(drop=True))
-    assert list(dict.fromkeys(rows["source"])) == ["astronaut.jpg", "clips/moving_face.mp4", "rocket_no_face.png"]
+    assert list(dict.fromkeys(rows["source"])) == [
+        "astronaut.jpg",
+        "clips/moving_face.mp4",
+        "rocket_no_face.png",
+    ]
 
 
 def test_csv_rows_per_file(mixed_run) -> None:
     _, out = mixed_run
     rows = pd.read_csv(out)
     photo = rows[rows["source"] == "astronaut.jpg"]
-    assert photo[["frame_index", "timestamp_s", "n_faces", "face_index", "track_id"]].values.tolist() == [[0, 0, 1, 0, 0]]
+    assert photo[["frame_index", "timestamp_s", "n_faces", "face_index", "track_id"]].values.tolist() == [
+        [0, 0, 1, 0, 0]
+    ]
     assert photo["w"].iloc[0] > 60
 
     video = rows[rows["source"] == "clips/moving_face.mp4"]
@@ -116,7 +124,9 @@ def test_summary(mixed_run) -> None:
     assert (video["media_type"], video["frames_sampled"], video["frames_with_faces"]) == ("video", 8, 8)
     assert (video["faces"], video["tracks"]) == (8, 1)
     assert video["duration_s"] == pytest.approx(4.0, abs=0.05)
-    assert by.loc["rocket_no_face.png", "faces"] == 0 and pd.isna(by.loc["rocket_no_face.png", "dominant_emotion"])
+    assert by.loc["rocket_no_face.png", "faces"] == 0 and pd.isna(
+        by.loc["rocket_no_face.png", "dominant_emotion"]
+    )
     assert (by["detector"] == "yunet:face_detection_yunet_2023mar.onnx").all()
     assert (by["detector_sha256"] == "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4").all()
     assert by["model_sha256"].str.fullmatch(r"[0-9a-f]{64}").all()
@@ -141,7 +151,9 @@ def test_astronaut_is_happy_with_the_bundled_model(mixed_run, bundled_model: Pat
     assert (video["emotion"] == "happy").mean() >= 0.75
 
 
-def test_rerun_with_workers_gives_identical_files(mixed_folder: Path, mixed_run, env, model_args, tmp_path) -> None:
+def test_rerun_with_workers_gives_identical_files(
+    mixed_folder: Path, mixed_run, env, model_args, tmp_path
+) -> None:
     _, first = mixed_run
     out = tmp_path / "results.csv"
     result = run_cli(mixed_folder, "--out", out, "--workers", "2", "--no-charts", *model_args, env=env)
@@ -168,7 +180,9 @@ def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, env, 
     assert list(rows.columns) == list(ROW_COLUMNS)
     assert (rows["source"] == "clips/moving_face.mp4").sum() == 20  # EMOTION_BATCH_FPS=5 over 4 s
     assert pd.read_parquet(tmp_path / "r_summary.parquet")["status"].tolist() == ["ok", "ok", "skipped", "ok"]
-    annotated = sorted(p.relative_to(tmp_path / "ann").as_posix() for p in (tmp_path / "ann").rglob("*") if p.is_file())
+    annotated = sorted(
+        p.relative_to(tmp_path / "ann").as_posix() for p in (tmp_path / "ann").rglob("*") if p.is_file()
+    )
     assert annotated[0] == "astronaut.jpg" and annotated[-1] == "rocket_no_face.png"
     assert len(annotated) == 22 and "clips/moving_face.mp4/frame_000005.jpg" in annotated
     lines = log_file.read_text().splitlines()
@@ -204,7 +218,10 @@ def test_usage_errors_exit_2(mixed_folder: Path, env, model_args, tmp_path, args
         (lambda d, t: [t / "missing-folder"], "does not exist"),
         (lambda d, t: [d, "--out", t / "no" / "such" / "dir" / "r.csv"], "output folder does not exist"),
         (lambda d, t: [d], "Missing option '--out'"),
-        (lambda d, t: [d, "--out", t / "r.csv", "--detector-model", t / "none.onnx"], "YuNet model file not found"),
+        (
+            lambda d, t: [d, "--out", t / "r.csv", "--detector-model", t / "none.onnx"],
+            "YuNet model file not found",
+        ),
     ],
 )
 def test_configuration_errors_exit_2(mixed_folder: Path, env, tmp_path, make_args, message) -> None:
@@ -213,7 +230,9 @@ def test_configuration_errors_exit_2(mixed_folder: Path, env, tmp_path, make_arg
     assert message in result.stderr
 
 
-def test_model_without_card_is_a_usage_error(mixed_folder: Path, env, tiny_model: Path, tmp_path: Path) -> None:
+def test_model_without_card_is_a_usage_error(
+    mixed_folder: Path, env, tiny_model: Path, tmp_path: Path
+) -> None:
     lonely = tmp_path / "lonely.onnx"
     lonely.write_bytes(tiny_model.read_bytes())
     result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", "--model", lonely, env=env)
@@ -273,6 +292,8 @@ def test_shared_media_run(env, tmp_path: Path) -> None:
     assert (summary.drop(negatives.index)["faces"] > 0).all()
     rows = pd.read_csv(out)
     assert list(rows.columns) == list(ROW_COLUMNS)
-    assert len(rows) == summary["frames_sampled"].sum() + (summary["faces"] - summary["frames_with_faces"]).sum()
+    assert (
+        len(rows) == summary["frames_sampled"].sum() + (summary["faces"] - summary["frames_with_faces"]).sum()
+    )
     charts = sorted(p.name for p in (tmp_path / "results_charts").iterdir())
     assert "overview.png" in charts and len(charts) == 1 + 7  # every video with a face has a timeline

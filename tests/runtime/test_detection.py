@@ -110,7 +110,11 @@ def no_detector_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pat
 
 def test_explicit_path_wins_and_is_fingerprinted(yunet_path: Path, no_detector_anywhere: Path) -> None:
     spec = resolve_detector("auto", yunet_path)
-    assert (spec.kind, spec.path, spec.name) == ("yunet", yunet_path, "yunet:face_detection_yunet_2023mar.onnx")
+    assert (spec.kind, spec.path, spec.name) == (
+        "yunet",
+        yunet_path,
+        "yunet:face_detection_yunet_2023mar.onnx",
+    )
     assert spec.sha256 == "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 
 
@@ -140,13 +144,17 @@ def test_yunet_requested_but_absent_says_how_to_fetch(no_detector_anywhere: Path
 
 @pytest.mark.skipif(haar_available(), reason="this OpenCV still has Haar cascades (4.x)")
 def test_without_haar_the_errors_are_clear(no_detector_anywhere: Path) -> None:
-    with pytest.raises(DetectorUnavailable, match=r"Haar cascades are not available in OpenCV 5.*models fetch"):
+    with pytest.raises(
+        DetectorUnavailable, match=r"Haar cascades are not available in OpenCV 5.*models fetch"
+    ):
         resolve_detector("haar")
     with pytest.raises(DetectorUnavailable, match="no face detector available.*emotion-batch models fetch"):
         resolve_detector("auto")
 
 
-@pytest.mark.skipif(not haar_available(), reason=f"OpenCV {cv2.__version__} has no Haar cascades (removed in 5.0)")
+@pytest.mark.skipif(
+    not haar_available(), reason=f"OpenCV {cv2.__version__} has no Haar cascades (removed in 5.0)"
+)
 def test_auto_falls_back_to_haar_and_says_so(no_detector_anywhere: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="emotion_batch"):
         spec = resolve_detector("auto")

@@ -8,6 +8,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -20,7 +21,7 @@ PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    requests_seen: list[str] = []
+    requests_seen: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:
         pass
@@ -106,7 +107,9 @@ def test_install_from_local_file(tmp_path: Path) -> None:
     assert fetch_yunet(from_file=local, expected_sha256=PAYLOAD_SHA256).read_bytes() == PAYLOAD
 
 
-def test_cli_fetch_real_yunet_from_loopback_then_corrupt(server, yunet_path: Path, private_cache: Path) -> None:
+def test_cli_fetch_real_yunet_from_loopback_then_corrupt(
+    server, yunet_path: Path, private_cache: Path
+) -> None:
     url, root = server
     (root / YUNET_FILENAME).write_bytes(yunet_path.read_bytes())
     (root / "corrupt.onnx").write_bytes(yunet_path.read_bytes()[:-10])

@@ -22,8 +22,24 @@ def rows_for(source: str, tracks: int, samples: int, seed: int = 0):
             continue
         for track in range(tracks):
             p = rng.dirichlet(np.ones(7) + 4 * np.eye(7)[(track * 3 + k // 10) % 7])
-            rows.append((source, k * 12, t, tracks, track, track, 10, 10, 50, 60, 0.9, *p,
-                         EMOTIONS[int(np.argmax(p))], float(p.max())))
+            rows.append(
+                (
+                    source,
+                    k * 12,
+                    t,
+                    tracks,
+                    track,
+                    track,
+                    10,
+                    10,
+                    50,
+                    60,
+                    0.9,
+                    *p,
+                    EMOTIONS[int(np.argmax(p))],
+                    float(p.max()),
+                )
+            )
     return rows_frame(rows)
 
 
@@ -51,7 +67,9 @@ def assert_real_png(path: Path, min_width: int, min_height: int) -> None:
     assert image is not None, f"{path} is not a readable PNG"
     assert image.shape[1] >= min_width and image.shape[0] >= min_height
     assert image.std() > 20, "chart looks blank"
-    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50, "chart has too few colours to hold lines and text"
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50, (
+        "chart has too few colours to hold lines and text"
+    )
 
 
 def test_timeline_chart(tmp_path: Path) -> None:

@@ -26,11 +26,14 @@ def cfr_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sample(path: Path, **plan) -> list[tuple[int, float, int]]:
     """(frame index, timestamp, index read from the pixels) for each sampled frame."""
     return [
-        (f.index, f.timestamp_s, read_frame_index(f.image)) for f in FrameSampler(path, "video", SamplingPlan(**plan))
+        (f.index, f.timestamp_s, read_frame_index(f.image))
+        for f in FrameSampler(path, "video", SamplingPlan(**plan))
     ]
 
 
-def first_at_or_after(pts: list[float], rate: float, start: float = 0.0, end: float | None = None) -> list[int]:
+def first_at_or_after(
+    pts: list[float], rate: float, start: float = 0.0, end: float | None = None
+) -> list[int]:
     """The specification of --fps: for each target start + k/rate, the first frame whose time is >= it."""
     chosen: list[int] = []
     last = pts[-1] if end is None else min(end, pts[-1])
@@ -60,7 +63,9 @@ def first_at_or_after(pts: list[float], rate: float, start: float = 0.0, end: fl
         ({"every": 7, "end": 1.0}, [0, 7, 14, 21]),
     ],
 )
-def test_constant_rate_sampling_picks_expected_frames(cfr_video: Path, plan: dict, expected: list[int]) -> None:
+def test_constant_rate_sampling_picks_expected_frames(
+    cfr_video: Path, plan: dict, expected: list[int]
+) -> None:
     got = sample(cfr_video, **plan)
     assert [index for index, _, _ in got] == expected
     assert [decoded for _, _, decoded in got] == expected, "the pixels returned are not the sampled frame's"
@@ -82,7 +87,9 @@ def test_fixture_is_really_variable_frame_rate(vfr_video: tuple[Path, list[float
     "plan",
     [{"fps": 5}, {"fps": 2}, {"fps": 12.5}, {"fps": 3, "start": 0.5}, {"fps": 4, "start": 0.7, "end": 2.5}],
 )
-def test_fps_on_variable_frame_rate_uses_container_timestamps(vfr_video: tuple[Path, list[float]], plan) -> None:
+def test_fps_on_variable_frame_rate_uses_container_timestamps(
+    vfr_video: tuple[Path, list[float]], plan
+) -> None:
     path, pts = vfr_video
     got = sample(path, **plan)
     expected = first_at_or_after(pts, plan["fps"], plan.get("start", 0.0), plan.get("end"))
@@ -133,7 +140,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     buf = io.BytesIO()
-    Image.fromarray(cv2.cvtColor(np.ascontiguousarray(stored), cv2.COLOR_BGR2RGB)).save(buf, "JPEG", exif=exif, quality=95)
+    Image.fromarray(cv2.cvtColor(np.ascontiguousarray(stored), cv2.COLOR_BGR2RGB)).save(
+        buf, "JPEG", exif=exif, quality=95
+    )
     path = tmp_path / "sideways.jpg"
     path.write_bytes(buf.getvalue())
 

@@ -62,6 +62,8 @@ def test_parquet_by_extension_round_trips(tmp_path: Path) -> None:
 
 
 def test_missing_output_folder_is_reported_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="output folder does not exist"):
-        with open_sink(tmp_path / "nope" / "r.csv", rows_frame([])):
-            pytest.fail("the block must not run")
+    with (
+        pytest.raises(OutputError, match="output folder does not exist"),
+        open_sink(tmp_path / "nope" / "r.csv", rows_frame([])),
+    ):
+        pytest.fail("the block must not run")

@@ -44,7 +44,14 @@ def test_media_type_by_extension(name: str, kind: str | None) -> None:
 
 def test_folder_walk_is_sorted_relative_and_skips_hidden(tree: Path) -> None:
     found = discover([tree])
-    assert [s.source for s in found] == ["a/README", "a/notes.txt", "a/sub/photo.webp", "a/z.jpg", "b/clip.MP4", "top.mov"]
+    assert [s.source for s in found] == [
+        "a/README",
+        "a/notes.txt",
+        "a/sub/photo.webp",
+        "a/z.jpg",
+        "b/clip.MP4",
+        "top.mov",
+    ]
     assert [s.media_type for s in found] == [None, None, "image", "image", "video", "video"]
     assert found[0].skip_reason == "not a media file extension (no extension)"
     assert found[1].skip_reason == "not a media file extension (.txt)"
