@@ -276,13 +276,11 @@ def test_help_and_version() -> None:
     assert run_cli("--version").stdout.startswith("emotion-batch")
 
 
-def test_shared_media_run(env, tmp_path: Path) -> None:
+def test_shared_media_run(env, model_args, tmp_path: Path) -> None:
     """The real videos and photos of ../shared/media: every file is analysed; the negatives have no face."""
     media = shared_path("media")
-    if not bundled_model_path().is_file():
-        pytest.skip(f"bundled model not built yet: {bundled_model_path()}")
     out = tmp_path / "results.csv"
-    result = run_cli(media, "--out", out, env=env, timeout=600)
+    result = run_cli(media, "--out", out, *model_args, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     summary = pd.read_csv(tmp_path / "results_summary.csv").set_index("source")
     assert (summary["status"] == "ok").all()
