@@ -14,13 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from .classification import ModelUnavailable, load_model_card
-from .detection import (
-    DEFAULT_MIN_FACE,
-    DEFAULT_SCORE_THRESHOLD,
-    DEFAULT_WORKING_WIDTH,
-    DetectorUnavailable,
-    resolve_detector,
-)
+from .defaults import DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH
+from .detection import DetectorUnavailable, resolve_detector
 from .progress import NoProgress, Progress, TqdmProgress
 from .runner import FileResult, Settings, engine_for, run_files
 from .sampling import SamplingPlan

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .defaults import DEFAULT_FPS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DETECTOR_CHOICES
 
 log = logging.getLogger("emotion_batch")
 
@@ -78,7 +79,7 @@ def main() -> None:
 @_option(
     "--fps",
     type=click.FloatRange(min=0, min_open=True),
-    help="Sample this many frames per second of video, by container timestamp [default: 2].",
+    help=f"Sample this many frames per second of video, by container timestamp [default: {DEFAULT_FPS:g}].",
 )
 @_option("--every", type=click.IntRange(min=1), help="Sample every Nth frame instead of by time.")
 @_option("--start", type=click.FloatRange(min=0), help="Start of the analysed window, in seconds.")
@@ -86,7 +87,7 @@ def main() -> None:
 @_option("--max-frames", type=click.IntRange(min=1), help="At most this many sampled frames per video.")
 @_option(
     "--detector",
-    type=click.Choice(["auto", "yunet", "haar"]),
+    type=click.Choice(DETECTOR_CHOICES),
     default="auto",
     show_default=True,
     help="Face detector; auto uses YuNet when its file is found, else Haar where OpenCV has it.",
@@ -104,14 +105,14 @@ def main() -> None:
 @_option(
     "--min-face",
     type=click.IntRange(min=1),
-    default=20,
+    default=DEFAULT_MIN_FACE,
     show_default=True,
     help="Ignore faces smaller than this many pixels (shorter box side, full resolution).",
 )
 @_option(
     "--score-threshold",
     type=click.FloatRange(0, 1),
-    default=0.6,
+    default=DEFAULT_SCORE_THRESHOLD,
     show_default=True,
     help="Minimum detector score for a face.",
 )
@@ -169,7 +170,10 @@ def analyze(
     interactive = sys.stderr.isatty() and not quiet
     console = Console(stderr=True) if interactive else None
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logs.configure(level, interactive, console, log_file)
+    try:
+        logs.configure(level, interactive, console, log_file)
+    except OSError as exc:
+        raise click.UsageError(f"cannot open log file {log_file}: {exc.strerror or exc}") from exc
 
     summary = summary or out.with_name(f"{out.stem}_summary{out.suffix}")
     charts_dir = None if no_charts else charts or out.with_name(f"{out.stem}_charts")

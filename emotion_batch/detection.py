@@ -17,6 +17,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .defaults import DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH, DETECTOR_CHOICES
 from .digest import sha256_file
 from .fetch import cached_yunet_path
 
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 
 #: Environment variable naming the YuNet ONNX file.
 DETECTOR_MODEL_ENV = "EMOTION_BATCH_DETECTOR_MODEL"
-DETECTOR_CHOICES = ("auto", "yunet", "haar")
-DEFAULT_SCORE_THRESHOLD = 0.6
-DEFAULT_MIN_FACE = 20
-DEFAULT_WORKING_WIDTH = 640
 _HAAR_FILE = "haarcascade_frontalface_default.xml"
 
 

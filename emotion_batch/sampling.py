@@ -17,12 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .defaults import DEFAULT_FPS
+
 # FFmpeg prints its own errors (e.g. "moov atom not found") straight to stderr, which would break the plain log
 # format cron relies on; each problem is reported as a MediaError instead. OpenCV reads this on first use of
 # FFmpeg; set OPENCV_FFMPEG_LOGLEVEL yourself (e.g. 32) to see FFmpeg's messages when debugging.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-DEFAULT_FPS = 2.0
 # Tolerance when comparing a frame time with a sampling target: absorbs float noise in container timestamps.
 _EPS = 1e-4
 

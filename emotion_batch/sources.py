@@ -82,9 +82,9 @@ def discover(
 ) -> list[Source]:
     """List the input files of a run, sorted by source name.
 
-    Files named directly are taken whatever their extension; folders are walked recursively (hidden files and
-    folders are left out, as are any `ignore` paths such as the run's own outputs and chart folder, so a rerun
-    never ingests its own charts). `include`/`exclude` are glob patterns matched against the relative source
+    Files named directly are always listed; folders are walked recursively (hidden files and folders are left
+    out, as are any `ignore` paths such as the run's own outputs and chart folder, so a rerun never ingests its
+    own charts). A listed file without a media extension is reported as skipped by the runner. `include`/`exclude` are glob patterns matched against the relative source
     path or the file name. A file reached twice (two overlapping roots, or a symlink) is listed once.
     """
     ignored = frozenset(_real(Path(p)) for p in ignore)

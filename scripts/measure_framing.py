@@ -48,13 +48,8 @@ import cv2
 import numpy as np
 
 from emotion_batch.classification import CropGeometry, crop_face
-from emotion_batch.detection import (
-    DEFAULT_SCORE_THRESHOLD,
-    Detection,
-    YuNetDetector,
-    locate_yunet,
-    resolve_detector,
-)
+from emotion_batch.defaults import DEFAULT_SCORE_THRESHOLD
+from emotion_batch.detection import Detection, YuNetDetector, locate_yunet, resolve_detector
 from emotion_batch.fetch import YUNET_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]

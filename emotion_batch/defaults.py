@@ -1,0 +1,11 @@
+"""Default settings, in a module light enough for the CLI to import before OpenCV or onnxruntime load."""
+
+#: Video samples per second when neither --fps nor --every is given.
+DEFAULT_FPS = 2.0
+#: Minimum detector score for a face (YuNet).
+DEFAULT_SCORE_THRESHOLD = 0.6
+#: Faces whose shorter box side is below this many full-resolution pixels are ignored.
+DEFAULT_MIN_FACE = 20
+#: Frames wider than this are downscaled for detection; boxes are mapped back to full resolution.
+DEFAULT_WORKING_WIDTH = 640
+DETECTOR_CHOICES = ("auto", "yunet", "haar")
