@@ -195,6 +195,8 @@ def analyze(
         settings.model.name,
         settings.model.sha256[:12],
     )
+    if not job.sources:
+        log.warning("no files found under %s", ", ".join(map(str, paths)))
     if not settings.model.crop_from_card:
         log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
     if charts_dir is not None:
