@@ -112,8 +112,10 @@ class FrameSampler:
             yield from self._video()
 
     def _image(self) -> Frame:
-        # IMREAD_COLOR applies the EXIF orientation and converts grey, 16-bit and alpha images to 8-bit BGR.
-        image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
+        # Decoding from bytes works for any file name (OpenCV's imread needs UTF-8 paths). IMREAD_COLOR applies
+        # the EXIF orientation and converts grey, 16-bit and alpha images to 8-bit BGR.
+        data = np.fromfile(self.path, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if image is None or image.size == 0:
             raise MediaError("cannot decode as an image (not an image, or a corrupt or unsupported one)")
         self.frames_decoded = 1

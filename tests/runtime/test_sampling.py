@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -189,3 +190,12 @@ def test_missing_file_names_the_cause(tmp_path: Path) -> None:
 def test_invalid_plans_are_rejected(plan: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SamplingPlan(**plan)
+
+
+@pytest.mark.parametrize("name", ["café ☺.jpg", os.fsdecode(b"caf\xe9-latin1.jpg")])
+def test_image_names_need_not_be_ascii_or_utf8(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    _, data = cv2.imencode(".jpg", astronaut_bgr())
+    path.write_bytes(data.tobytes())
+    (frame,) = FrameSampler(path, "image", SamplingPlan())
+    assert frame.image.shape == (512, 512, 3)
