@@ -48,7 +48,7 @@ class Dataset:
         counts = np.bincount(self.targets, minlength=len(self.labels))
         return {label: int(n) for label, n in zip(self.labels, counts)}
 
-    def subset(self, index: np.ndarray, name_suffix: str) -> Dataset:
+    def subset(self, index: np.ndarray, name_suffix: str, keep_skipped: bool = False) -> Dataset:
         """A view of some rows, e.g. the validation part of a split; provenance says which part."""
         return Dataset(
             root=self.root,
@@ -58,6 +58,7 @@ class Dataset:
             files=[self.files[i] for i in index],
             content_hash=self.content_hash,
             pattern=f"{self.pattern or '*'}{name_suffix}",
+            skipped=list(self.skipped) if keep_skipped else [],
         )
 
 
@@ -246,7 +247,7 @@ def stratified_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
         val_index.extend(rng.permutation(members)[:take].tolist())
     val_mask = np.zeros(len(dataset), dtype=bool)
     val_mask[val_index] = True
-    train = dataset.subset(np.flatnonzero(~val_mask), f" (train part of seed-{seed} split)")
+    train = dataset.subset(np.flatnonzero(~val_mask), f" (train part of seed-{seed} split)", keep_skipped=True)
     val = dataset.subset(np.flatnonzero(val_mask), f" (val part of seed-{seed} split, {fraction:g})")
     return train, val
 

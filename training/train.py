@@ -222,7 +222,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         seconds = time.monotonic() - self._started
         state = self.state
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        state.history.append({"epoch": epoch + 1, "stage": self.stage, "lr": lr, "seconds": seconds, **logs})
+        iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        state.history.append(
+            {"epoch": epoch + 1, "stage": self.stage, "lr": lr, "iterations": iterations, "seconds": seconds, **logs}
+        )
         val_accuracy = logs.get("val_accuracy", -1.0)
         if val_accuracy > state.best_val_accuracy:
             state.best_val_accuracy, state.best_epoch, state.wait = val_accuracy, epoch + 1, 0

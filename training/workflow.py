@@ -89,15 +89,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_image_size(config: RunConfig) -> RunConfig:
-    """Fill in the stored resolution from the data when it was left to 'auto' (0)."""
-    if config.train.model.image_size:
-        return config
+def resolve_from_data(config: RunConfig) -> RunConfig:
+    """Fix what the data decides: the number of classes, and the stored resolution when left to 'auto' (0)."""
     root = Path(config.data.path)
-    entries = list_images(root, class_folders(root), config.data.pattern)
-    side = min(typical_side(root, [rel for rel, _ in entries]), config.train.model.input_size)
-    log.info("%s: images are typically %d px; storing them at %d px", root, side, side)
-    model = dataclasses.replace(config.train.model, image_size=side)
+    classes = class_folders(root)
+    model = dataclasses.replace(config.train.model, num_classes=len(classes))
+    if not model.image_size:
+        entries = list_images(root, classes, config.data.pattern)
+        side = min(typical_side(root, [rel for rel, _ in entries]), model.input_size)
+        log.info("%s: images are typically %d px; storing them at %d px", root, side, side)
+        model = dataclasses.replace(model, image_size=side)
     return dataclasses.replace(config, train=dataclasses.replace(config.train, model=model))
 
 
@@ -138,7 +139,7 @@ def start_run(config: RunConfig, run: RunDir, resume: bool) -> RunConfig:
         raise DatasetError(
             f"{run.root}: already holds a training run; pass --resume to continue it, or choose a new --out"
         )
-    config = resolve_image_size(config)
+    config = resolve_from_data(config)
     write_json_atomic(run.config, config.to_dict())
     return config
 
