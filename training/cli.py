@@ -14,21 +14,18 @@ from pathlib import Path
 
 import click
 
+from emotion_batch.cli import DefaultGroup
+
 from .data import DatasetError
 from .model import BACKBONES, ModelConfig
 
 log = logging.getLogger("emotion_train")
 
 
-class DefaultCommandGroup(click.Group):
-    """Routes ``emotion-train DATA_DIR ...`` to the ``train`` command, keeping named steps as subcommands."""
+class TrainGroup(DefaultGroup):
+    """Routes ``emotion-train DATA_DIR ...`` to ``train``, keeping ``export`` and ``evaluate`` as named steps."""
 
     default_command = "train"
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
 
 
 def _setup_logging(log_file: Path | None, verbose: bool) -> None:
@@ -59,7 +56,7 @@ def _fail(exc: Exception) -> None:
     raise click.ClickException(str(exc)) from exc
 
 
-@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TrainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train the emotion classifier on a folder-per-class dataset and export it to ONNX."""
     _quiet_tensorflow()

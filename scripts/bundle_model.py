@@ -1,0 +1,60 @@
+"""Copy a finished `emotion-train` run into models/, the model that emotion-batch ships and loads by default.
+
+    python scripts/bundle_model.py RUN_DIR [--models models]
+
+Copies model.onnx, model.json and the small evaluation plots. The card's measured face framing (`crop`,
+written by scripts/measure_framing.py) is a property of the training data, not of one run, so it is kept
+from the bundled card when the new run's card has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PLOTS = ("confusion_test.png", "confusion_val.png", "training_curves.png")
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def bundle(run_dir: Path, models: Path) -> dict:
+    card = json.loads((run_dir / "model.json").read_text())
+    previous_card = models / "model.json"
+    if "crop" not in card and previous_card.exists():
+        previous = json.loads(previous_card.read_text())
+        if "crop" in previous:
+            card["crop"] = previous["crop"]
+    models.mkdir(parents=True, exist_ok=True)
+    copy_atomic(run_dir / "model.onnx", models / "model.onnx")
+    for name in PLOTS:
+        if (run_dir / "plots" / name).exists():
+            copy_atomic(run_dir / "plots" / name, models / name)
+    tmp = previous_card.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, previous_card)
+    return card
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
+    args = parser.parse_args()
+    card = bundle(args.run_dir, args.models)
+    metrics = card.get("metrics", {})
+    for split, m in metrics.items():
+        print(f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} ({m['split']})")
+    print(f"bundled {args.run_dir / 'model.onnx'} -> {args.models}")
+
+
+if __name__ == "__main__":
+    main()
