@@ -100,11 +100,6 @@ def iter_results(job: Job, progress: Progress | None = None) -> Iterator[FileRes
         progress.close()
 
 
-def summary_of(results: Iterable[FileResult]) -> pd.DataFrame:
-    """The per-file summary table of a run's results."""
-    return summary_frame(r.summary for r in results)
-
-
 def analyze(
     paths: PathLike | Sequence[PathLike],
     *,
@@ -132,5 +127,5 @@ def analyze(
     results = list(iter_results(job, TqdmProgress() if progress else None))
     frames = [r.rows for r in results if len(r.rows)]
     rows = pd.concat(frames, ignore_index=True) if frames else rows_frame([])
-    rows.attrs["summary"] = summary_of(results)
+    rows.attrs["summary"] = summary_frame(r.summary for r in results)
     return rows
