@@ -23,6 +23,7 @@ def copy_atomic(source: Path, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     os.close(fd)
     shutil.copyfile(source, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped files must be readable by everyone
     os.replace(tmp, target)
 
 

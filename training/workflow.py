@@ -195,6 +195,7 @@ def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str,
     if splits is None or (test is not None):
         splits = load_splits(config)
     labels = splits["train"].labels
+    run.plots.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     for name in ("val", "test"):
         if name not in splits:
