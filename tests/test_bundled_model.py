@@ -1,0 +1,84 @@
+"""The model that ships in models/: its card, its behaviour on real faces, and that installs carry it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emotion_batch.classification import Classifier, bundled_model_path, load_model_card
+from emotion_batch.schema import EMOTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMOTION_BATCH_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    path = bundled_model_path()
+    if not path.is_file():
+        pytest.skip(f"bundled model missing: {path}")
+    return Classifier(load_model_card())
+
+
+def test_card_describes_the_shipped_model():
+    card = json.loads((REPO / "models" / "model.json").read_text())
+    assert card["labels"] == list(EMOTIONS)
+    assert card["input"]["channels"] == 1 and card["input"]["range"] == [0, 255]
+    assert card["input"]["dtype"] == "float32"
+    assert {"scale", "offset_x", "offset_y"} <= set(card["crop"])
+    assert card["metrics"]["val"]["split"].endswith("[PublicTest_*]")
+    assert card["metrics"]["test"]["split"].endswith("[PrivateTest_*]")
+    assert card["export"]["max_abs_diff"] <= 1e-4
+    assert card["training"]["command"][0] == "emotion-train"
+    assert len(card["training"]["data"]["train"]["sha256"]) == 64
+    assert (REPO / "models" / "model.onnx").stat().st_size <= 15_000_000
+
+
+def test_astronaut_is_happy(classifier):
+    """skimage's astronaut smiles; cropped the way the runtime crops, the model must say so."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the astronaut photo")
+    image = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    from emotion_batch.detection import Detection
+
+    face = Detection(x=170.0, y=40.0, w=100.0, h=120.0, score=1.0)  # the face's box in the 512x512 photo
+    probs = classifier.classify(image, [face])[0]
+    assert EMOTIONS[int(np.argmax(probs))] == "happy"
+    assert probs.max() > 0.5
+
+
+def test_fer_public_test_sample_scores_well_above_chance(classifier):
+    fer = SHARED / "datasets" / "fer2013" / "test"
+    if not fer.is_dir():
+        pytest.skip(f"FER-2013 not found at {fer} (set EMOTION_BATCH_SHARED)")
+    images, truth = [], []
+    for index, label in enumerate(EMOTIONS):
+        for path in sorted((fer / label).glob("PublicTest_*"))[:40]:
+            grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            images.append(cv2.resize(grey, (classifier.card.width, classifier.card.height))[..., None])
+            truth.append(index)
+    probs = classifier.predict(np.stack(images).astype(np.float32))
+    accuracy = float(np.mean(probs.argmax(axis=1) == np.asarray(truth)))
+    assert accuracy > 0.45, accuracy  # chance is 1/7; a balanced sample is harder than the real mix
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_model(tmp_path):
+    """A non-editable install gets the model from package data, not from the source tree."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("emotion_batch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "emotion_batch/bundled/model.onnx" in names
+    assert "emotion_batch/bundled/model.json" in names
+    assert any(name.startswith("emotion_train/") for name in names)
