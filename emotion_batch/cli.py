@@ -342,14 +342,19 @@ def models_info(model: Path | None, detector_model: Path | None) -> None:
         card = load_model_card(model)
         raw = json.loads(card_path_for(card.path).read_text(encoding="utf-8"))
         click.echo(f"model: {card.path}\n  sha256: {card.sha256}\n  labels: {', '.join(card.labels)}")
-        click.echo(f"  input: {card.height}x{card.width} grey; backbone: {raw.get('backbone', '?')}")
+        backbone = raw.get("backbone")
+        backbone = backbone.get("name", "?") if isinstance(backbone, dict) else backbone or "?"
+        click.echo(f"  input: {card.height}x{card.width} grey; backbone: {backbone}")
         framing = "measured, from the card" if card.crop_from_card else "default: the card has no crop"
         click.echo(
             f"  crop: scale {card.crop.scale:.3f}, offset ({card.crop.offset_x:+.3f}, "
             f"{card.crop.offset_y:+.3f}) ({framing})"
         )
-        if raw.get("metrics"):
-            click.echo(f"  metrics: {json.dumps(raw['metrics'])}")
+        for split, m in (raw.get("metrics") or {}).items():
+            if isinstance(m, dict) and "accuracy" in m:
+                click.echo(
+                    f"  {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m.get('macro_f1', float('nan')):.4f}"
+                )
     except ModelUnavailable as exc:
         click.echo(f"model: unavailable: {exc}")
     try:
