@@ -14,9 +14,9 @@ import cv2
 import pytest
 
 from emotion_batch.classification import bundled_model_path
-from emotion_batch.fetch import YUNET_FILENAME
+from emotion_batch.fetch import YUNET_FILENAME, cached_yunet_path
 
-from .environment import SHUFFLED_LABELS, VFR_DURATIONS, shared_path
+from .environment import SHARED, SHUFFLED_LABELS, VFR_DURATIONS, shared_path
 from .media_factory import (
     astronaut_bgr,
     no_face_bgr,
@@ -28,10 +28,12 @@ from .media_factory import (
 
 @pytest.fixture(scope="session")
 def yunet_path() -> Path:
-    """The YuNet ONNX file from $EMOTION_BATCH_DETECTOR_MODEL or the shared folder."""
+    """The YuNet ONNX file from $EMOTION_BATCH_DETECTOR_MODEL, the shared folder, or the user cache."""
     env = os.environ.get("EMOTION_BATCH_DETECTOR_MODEL")
     if env and Path(env).is_file():
         return Path(env)
+    if not SHARED.joinpath("detectors", YUNET_FILENAME).is_file() and cached_yunet_path().is_file():
+        return cached_yunet_path()  # installed by `emotion-batch models fetch`
     return shared_path("detectors", YUNET_FILENAME)
 
 
