@@ -15,8 +15,9 @@ from .environment import run_cli
 
 
 @pytest.fixture
-def model_kwargs(tiny_model: Path) -> dict:
-    return {} if bundled_model_path().is_file() else {"model": tiny_model}
+def model_kwargs(request: pytest.FixtureRequest) -> dict:
+    """The bundled model when it exists, else the tiny contract model (needs onnx)."""
+    return {} if bundled_model_path().is_file() else {"model": request.getfixturevalue("tiny_model")}
 
 
 def test_analyze_matches_the_cli(
