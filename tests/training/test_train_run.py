@@ -76,3 +76,34 @@ def test_unreadable_image_is_reported(trained_run):
     assert "broken.png" in log_text and "not a readable image" in log_text
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["skipped_images"]["train"] == [["ring/broken.png", "not a readable image"]]
+
+
+def test_export_and_evaluate_are_separate_steps(trained_run, datasets, tmp_path):
+    """A run folder alone (as copied from another machine) re-exports and re-evaluates."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import run_env
+
+    run = tmp_path / "copied-run"
+    shutil.copytree(trained_run, run)
+    (run / "model.onnx").unlink()
+    env = dict(run_env(), EMOTION_TRAIN_CACHE=str(tmp_path / "cache"))
+    exported = subprocess.run([sys.executable, "-m", "emotion_train.cli", "export", str(run), "--no-tta"],
+                              capture_output=True, text=True, env=env, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "parity: max |onnx - keras|" in exported.stdout
+    card = json.loads((run / "model.json").read_text())
+    assert card["tta"] is None and card["export"]["flip_tta"] is False
+    assert (run / "model.onnx").is_file()
+
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "emotion_train.cli", "evaluate", str(run), "--test", str(datasets["test"]),
+         "--test-pattern", "img_00*"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 3 * 10  # img_000 .. img_009 in each class
+    assert metrics["test"]["split"].endswith("[img_00*]")
