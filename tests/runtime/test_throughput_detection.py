@@ -1,0 +1,67 @@
+"""YuNet on onnxruntime finds what cv2.FaceDetectorYN finds, at every working size, on real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from emotion_batch.detection import (
+    Detection,
+    OpenCVYuNetDetector,
+    YuNetDetector,
+    create_detector,
+    free_io_dims,
+    resolve_detector,
+)
+
+from .environment import shared_path
+from .media_factory import astronaut_bgr
+
+
+def iou(a: Detection, b: Detection) -> float:
+    x0, y0 = max(a.x, b.x), max(a.y, b.y)
+    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return inter / (a.w * a.h + b.w * b.h - inter)
+
+
+def photos() -> list[Path]:
+    return sorted(shared_path("media", "photos").iterdir())
+
+
+def test_runtime_yunet_is_onnxruntime(yunet_path: Path) -> None:
+    assert isinstance(create_detector(resolve_detector("yunet", yunet_path)), YuNetDetector)
+
+
+def test_free_io_dims_makes_the_input_size_free_and_keeps_the_weights(yunet_path: Path) -> None:
+    original = yunet_path.read_bytes()
+    freed = free_io_dims(original)
+    fixed = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    free = ort.InferenceSession(freed, providers=["CPUExecutionProvider"])
+    assert fixed.get_inputs()[0].shape == [1, 3, 640, 640]
+    assert all(isinstance(d, str) for d in free.get_inputs()[0].shape)
+    assert len(freed) == pytest.approx(len(original), abs=200)  # only names replaced numbers
+    blob = np.random.default_rng(0).uniform(0, 255, (1, 3, 640, 640)).astype(np.float32)
+    for a, b in zip(fixed.run(None, {"input": blob}), free.run(None, {"input": blob})):
+        np.testing.assert_array_equal(a, b)
+    (cls_8,) = free.run(["cls_8"], {"input": blob[:, :, :192, :320]})
+    assert cls_8.shape == (1, 24 * 40, 1)
+
+
+@pytest.mark.parametrize("working_width", [640, 320])
+def test_same_faces_as_cv2_face_detector_yn(yunet_path: Path, working_width: int) -> None:
+    spec = resolve_detector("yunet", yunet_path, working_width=working_width)
+    fast, reference = YuNetDetector(spec), OpenCVYuNetDetector(spec)
+    total = 0
+    for image in [cv2.imread(str(p)) for p in photos()] + [astronaut_bgr()]:
+        got, want = fast.detect(image), reference.detect(image)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):  # both are ordered left to right
+            assert iou(a, b) > 0.99
+            assert a.score == pytest.approx(b.score, abs=1e-3)
+        total += len(want)
+    assert total > 30
