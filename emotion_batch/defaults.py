@@ -9,3 +9,5 @@ DEFAULT_MIN_FACE = 20
 #: Frames wider than this are downscaled for detection; boxes are mapped back to full resolution.
 DEFAULT_WORKING_WIDTH = 640
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
+#: Sampled video frames decoded ahead by the background decoding thread (0: decode in the consumer's thread).
+DEFAULT_PREFETCH = 2

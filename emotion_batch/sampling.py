@@ -4,12 +4,20 @@ Videos are read front to back: `grab()` decodes every frame (decoding is the una
 converts only the sampled ones to BGR. Seeking with CAP_PROP_POS_FRAMES is never used: it is slow and
 frame-inaccurate. Timestamps come from the container (CAP_PROP_POS_MSEC) because phone videos have variable
 frame rates, so frame_index / fps is not a time.
+
+Decoding overlaps with analysis: a video's frames are decoded by a background thread that stays at most
+`prefetch` sampled frames ahead of the consumer (OpenCV releases the GIL while it decodes). The decoding itself is
+unchanged - one thread, sequential, the same frames and timestamps - but a single long video keeps two cores
+busy (decoding, and detection plus classification) instead of alternating between them, and the bounded queue
+keeps memory flat.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .defaults import DEFAULT_FPS
+from .defaults import DEFAULT_FPS, DEFAULT_PREFETCH
 
 # FFmpeg prints its own errors (e.g. "moov atom not found") straight to stderr, which would break the plain log
 # format cron relies on; each problem is reported as a MediaError instead. OpenCV reads this on first use of
@@ -92,15 +100,67 @@ def _check_readable(path: Path) -> None:
         raise MediaError(f"cannot read file: {reason}") from exc
 
 
-class FrameSampler:
-    """Iterates the sampled frames of one file and records what it saw (decoded frames, duration)."""
+_END = object()
 
-    def __init__(self, path: Path, media_type: str, plan: SamplingPlan) -> None:
+
+def prefetched(frames: Iterator[Frame], depth: int) -> Iterator[Frame]:
+    """Run the `frames` generator in a background thread, at most `depth` frames ahead of the consumer.
+
+    Yields the same frames in the same order and re-raises the producer's exception at the same point. When the
+    consumer stops early (break, exception, close), the producer is stopped and joined before this returns, so
+    whatever the producer holds (the VideoCapture) can be released safely afterwards.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                if not put(frame):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(exc)
+        finally:
+            frames.close()
+
+    producer = threading.Thread(target=produce, name="emotion-batch-decode", daemon=True)
+    producer.start()
+    try:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
+
+
+class FrameSampler:
+    """Iterates the sampled frames of one file and records what it saw (decoded frames, duration).
+
+    With `prefetch` > 0 a video is decoded in a background thread (see `prefetched`); `frames_decoded` and
+    `duration_s` are final once iteration has ended.
+    """
+
+    def __init__(
+        self, path: Path, media_type: str, plan: SamplingPlan, prefetch: int = DEFAULT_PREFETCH
+    ) -> None:
         if media_type not in ("image", "video"):
             raise ValueError(f"unknown media type {media_type!r}")
         self.path = Path(path)
         self.media_type = media_type
         self.plan = plan
+        self.prefetch = prefetch
         self.frames_decoded = 0
         self.duration_s: float | None = None
 
@@ -127,9 +187,10 @@ class FrameSampler:
         try:
             if not cap.isOpened():
                 raise MediaError("cannot open as a video (not a video, or a corrupt or unsupported one)")
-            yield from self._sample(cap)
+            frames = self._sample(cap)
+            yield from prefetched(frames, self.prefetch) if self.prefetch > 0 else frames
         finally:
-            cap.release()
+            cap.release()  # after `prefetched` has joined its thread
 
     def _sample(self, cap: cv2.VideoCapture) -> Iterator[Frame]:
         plan = self.plan
