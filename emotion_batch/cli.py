@@ -17,7 +17,13 @@ from typing import Any
 import click
 
 from . import __version__
-from .defaults import DEFAULT_FPS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DETECTOR_CHOICES
+from .defaults import (
+    DEFAULT_FPS,
+    DEFAULT_MIN_FACE,
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_WORKERS,
+    DETECTOR_CHOICES,
+)
 
 log = logging.getLogger("emotion_batch")
 
@@ -125,7 +131,7 @@ def main() -> None:
     "--workers",
     "-j",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULT_WORKERS,
     show_default=True,
     help="Files processed in parallel, one process each.",
 )

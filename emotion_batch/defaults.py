@@ -1,5 +1,16 @@
 """Default settings, in a module light enough for the CLI to import before OpenCV or onnxruntime load."""
 
+import os
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, e.g. under taskset or cgroups)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 #: Video samples per second when neither --fps nor --every is given.
 DEFAULT_FPS = 2.0
 #: Minimum detector score for a face (YuNet).
@@ -11,3 +22,5 @@ DEFAULT_WORKING_WIDTH = 640
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
 #: Sampled video frames decoded ahead by the background decoding thread (0: decode in the consumer's thread).
 DEFAULT_PREFETCH = 2
+#: Files processed in parallel, one worker process each: one per usable core.
+DEFAULT_WORKERS = usable_cores()
