@@ -1,23 +1,24 @@
 """The Python API: `emotion_batch.analyze(paths, ...)` returns the per-frame table as a pandas DataFrame.
 
-The CLI is a thin layer over `prepare` + `iter_results`: both resolve settings the same way and run the same
-per-file tasks, so a notebook and a cron job produce the same rows.
+The CLI is a thin layer over `prepare` and the same per-file tasks (plus the state store, see `incremental`),
+so a notebook and a cron job produce the same rows.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .classification import ModelUnavailable, load_model_card
-from .defaults import DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH
 from .detection import DetectorUnavailable, resolve_detector
+from .fetch import YUNET_SHA256, cached_yunet_path
 from .progress import NoProgress, Progress, TqdmProgress
-from .runner import FileResult, Settings, engine_for, run_files
+from .runner import FileResult, Settings, dispatch, engine_for, local_executor
 from .sampling import SamplingPlan
 from .schema import rows_frame, summary_frame
 from .sources import Source, discover
@@ -48,6 +49,13 @@ class Options:
     workers: int = 1
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    #: Seconds one file may take before its worker is stopped and the file recorded as an error.
+    file_timeout: float | None = None
+    #: Images whose header claims more pixels are refused before decoding.
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Analyse in separate worker processes, so a decoder crash or hang cannot take the caller down. Default
+    #: (None): only when `workers` > 1 or `file_timeout` is set; the CLI always isolates.
+    isolate: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Job:
     sources: list[Source]
     settings: Settings
     workers: int
+    file_timeout: float | None = None
+    isolate: bool = False
 
 
 def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLike] = ()) -> Job:
@@ -68,6 +78,10 @@ def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLi
         raise ConfigError("no input paths given")
     if options.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {options.workers}")
+    if options.file_timeout is not None and not options.file_timeout > 0:
+        raise ConfigError(f"file_timeout must be a positive number of seconds, got {options.file_timeout}")
+    if options.max_pixels < 1:
+        raise ConfigError(f"max_pixels must be at least 1, got {options.max_pixels}")
     try:
         sampling = SamplingPlan(options.fps, options.every, options.start, options.end, options.max_frames)
         detector = resolve_detector(
@@ -77,26 +91,61 @@ def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLi
             min_face=options.min_face,
             working_width=options.working_width,
         )
+        _check_pinned_detector(detector.kind, detector.path, detector.sha256)
         model = load_model_card(options.model)
         annotate_dir = Path(options.annotate) if options.annotate is not None else None
-        settings = Settings(sampling=sampling, detector=detector, model=model, annotate_dir=annotate_dir)
+        settings = Settings(
+            sampling=sampling,
+            detector=detector,
+            model=model,
+            annotate_dir=annotate_dir,
+            max_pixels=options.max_pixels,
+        )
         engine_for(settings)
         ignored = [*ignore, *([annotate_dir] if annotate_dir else [])]
         sources = discover(paths, include=options.include, exclude=options.exclude, ignore=ignored)
     except (ValueError, DetectorUnavailable, ModelUnavailable, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from exc
-    return Job(sources=sources, settings=settings, workers=options.workers)
+    isolate = options.isolate
+    if isolate is None:
+        isolate = options.workers > 1 or options.file_timeout is not None
+    return Job(sources, settings, options.workers, options.file_timeout, isolate)
 
 
-def iter_results(job: Job, progress: Progress | None = None) -> Iterator[FileResult]:
-    """Run a prepared job, yielding each file's result in source order."""
+def _check_pinned_detector(kind: str, path: Path, sha256: str) -> None:
+    """The cached YuNet was verified when `models fetch` installed it; verify again before every use."""
+    if kind == "yunet" and path.resolve() == cached_yunet_path().resolve() and sha256 != YUNET_SHA256:
+        raise DetectorUnavailable(
+            f"the cached YuNet file {path} does not match its pinned sha256 (expected {YUNET_SHA256[:12]}..., "
+            f"got {sha256[:12]}...); it was not loaded. Run `emotion-batch models fetch --force` to reinstall it"
+        )
+
+
+def iter_results(
+    job: Job, progress: Progress | None = None, should_stop: Callable[[], bool] = lambda: False
+) -> Iterator[FileResult]:
+    """Run a prepared job, yielding each file's result as it completes (not necessarily in source order)."""
     progress = progress or NoProgress()
     progress.start(len(job.sources))
+    plan = local_executor(
+        job.settings, job.workers, isolate=job.isolate, file_timeout=job.file_timeout, on_frame=progress.frames
+    )
+    streamed = plan.frame_hook is not None
     try:
-        for result in run_files(job.sources, job.settings, job.workers, on_frame=progress.frames):
+        for result in dispatch(
+            plan, job.sources, job.settings, on_frames=progress.frames, should_stop=should_stop
+        ):
+            if not streamed:
+                progress.frames(int(result.summary.get("frames_sampled") or 0))
             progress.file_done(result)
             yield result
+        plan.executor.shutdown(wait=True)
     finally:
+        terminate = getattr(plan.executor, "terminate", None)
+        if terminate is not None:
+            terminate()  # no-op after a clean shutdown; kills workers if the caller stopped early
+        else:
+            plan.executor.shutdown(wait=False, cancel_futures=True)
         progress.close()
 
 
@@ -109,7 +158,7 @@ def analyze(
     """Analyse files and folders; return one row per face per sampled frame (see `schema.ROW_COLUMNS`).
 
     Keyword options are the fields of `Options` (fps, every, start, end, max_frames, detector, detector_model,
-    model, min_face, score_threshold, annotate, workers, include, exclude). The per-file summary is attached
+    model, min_face, score_threshold, annotate, workers, include, exclude, file_timeout, max_pixels, isolate). The per-file summary is attached
     as `df.attrs["summary"]`. Raises `ConfigError` when the run cannot start; problems with single files are
     recorded in the summary instead.
     """
@@ -124,7 +173,8 @@ def analyze(
     except TypeError as exc:
         raise ConfigError(str(exc)) from exc
     job = prepare(path_list, opts)
-    results = list(iter_results(job, TqdmProgress() if progress else None))
+    order = {s.source: i for i, s in enumerate(job.sources)}
+    results = sorted(iter_results(job, TqdmProgress() if progress else None), key=lambda r: order[r.source.source])
     frames = [r.rows for r in results if len(r.rows)]
     rows = pd.concat(frames, ignore_index=True) if frames else rows_frame([])
     rows.attrs["summary"] = summary_frame(r.summary for r in results)

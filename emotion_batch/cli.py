@@ -3,12 +3,14 @@
 `emotion-batch PATH... --out results.csv` runs the default `analyze` command; `emotion-batch models fetch|info`
 manages the detector and shows the model. Every analyze option can also come from an environment variable
 (EMOTION_BATCH_<OPTION>), which suits cron. Exit codes: 0 all files ok, 1 some files failed (they are listed),
-2 usage or configuration error (nothing processed).
+2 usage or configuration error (nothing processed), 74 output not writable (e.g. disk full), 75 another run
+holds this output's lock, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import click
 from . import __version__
 from .defaults import (
     DEFAULT_FPS,
+    DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_FACE,
     DEFAULT_SCORE_THRESHOLD,
     DEFAULT_WORKERS,
@@ -28,6 +31,12 @@ from .defaults import (
 log = logging.getLogger("emotion_batch")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+#: An output or the state store could not be written (EX_IOERR); the previous results are intact.
+EXIT_OUTPUT = 74
+#: Another run holds the lock on this output (EX_TEMPFAIL: try again later).
+EXIT_LOCKED = 75
+#: Stopped by Ctrl-C or SIGTERM (128 + SIGINT); run the same command again to continue.
+EXIT_INTERRUPTED = 130
 ENV_PREFIX = "EMOTION_BATCH_"
 
 
@@ -82,6 +91,25 @@ def main() -> None:
     help="Folder for the PNG charts [default: <out stem>_charts/ beside --out].",
 )
 @_option("--no-charts", is_flag=True, help="Do not draw charts.")
+@_option(
+    "--force",
+    is_flag=True,
+    help="Analyse every file again, even those the state store (<out>.state/) records as done; also the way to "
+    "adopt new model or sampling settings for an existing --out.",
+)
+@_option(
+    "--file-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop a file that takes longer than this many seconds (its worker is killed, the file is recorded "
+    "as an error and the run goes on) [default: no limit].",
+)
+@_option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images whose header claims more pixels than this, before decoding (decompression bombs).",
+)
 @_option(
     "--fps",
     type=click.FloatRange(min=0, min_open=True),
@@ -152,6 +180,7 @@ def analyze(
     summary: Path | None,
     charts: Path | None,
     no_charts: bool,
+    force: bool,
     quiet: bool,
     verbose: bool,
     log_file: Path | None,
@@ -160,14 +189,24 @@ def analyze(
     """Analyse videos and photos (files or folders, walked recursively) and write the results.
 
     Writes one row per face per sampled frame to --out, a per-file summary, and charts (a timeline per video
-    and an overview across files). Exit codes: 0 all files ok, 1 some files failed, 2 usage error.
+    and an overview across files). Runs are incremental: a state store beside --out (<out>.state/) remembers
+    finished files, so a rerun analyses only new, changed or previously failed files.
+
+    \b
+    Exit codes: 0 all files ok; 1 some files failed (listed); 2 usage or configuration error, or the settings
+    differ from the rows already in --out (use --force); 74 an output could not be written (e.g. disk full;
+    previous results kept); 75 another run holds the lock on this output; 130 interrupted (rerun to continue).
     """
     from rich.console import Console
 
-    from . import api, logs, reports
+    from . import api, logs
+    from .incremental import IncrementalRun, OutputPaths, SettingsChanged
+    from .interrupts import stop_on_signals
+    from .locking import LockHeld, LockUnavailable, OutputLock
     from .progress import LogProgress, NoProgress, RichProgress
-    from .schema import rows_frame, summary_frame
-    from .sinks import OutputError, open_sink, write_table
+    from .runner import local_executor
+    from .sinks import OutputError
+    from .state import StateError, StateStore
 
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose are mutually exclusive")
@@ -181,69 +220,127 @@ def analyze(
     except OSError as exc:
         raise click.UsageError(f"cannot open log file {log_file}: {exc.strerror or exc}") from exc
 
-    summary = summary or out.with_name(f"{out.stem}_summary{out.suffix}")
-    charts_dir = None if no_charts else charts or out.with_name(f"{out.stem}_charts")
-    for target in (out, summary):
-        if not target.parent.is_dir():
-            raise click.UsageError(f"output folder does not exist: {target.parent}")
-    options["include"], options["exclude"] = tuple(options["include"]), tuple(options["exclude"])
-    started = time.perf_counter()
+    outputs = OutputPaths.for_out(out, summary, charts, no_charts)
     try:
-        job = api.prepare(
-            list(paths), api.Options(**options), ignore=[out, summary, *filter(None, [charts_dir])]
-        )
-    except api.ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    settings = job.settings
-    log.info(
-        "detector %s; model %s (sha256 %s)",
-        settings.detector.name,
-        settings.model.name,
-        settings.model.sha256[:12],
-    )
-    if not job.sources:
-        log.warning("no files found under %s", ", ".join(map(str, paths)))
-    if not settings.model.crop_from_card:
-        log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
-    if charts_dir is not None:
-        charts_dir.mkdir(parents=True, exist_ok=True)
-
-    progress = RichProgress(console) if interactive else NoProgress() if quiet else LogProgress()
-    summaries = []
-    try:
-        with open_sink(out, rows_frame([])) as sink:
-            for result in api.iter_results(job, progress):
-                sink.write(result.rows)
-                summaries.append(result.summary)
-                if charts_dir is not None and result.source.media_type == "video" and result.status == "ok":
-                    _chart(
-                        reports.timeline_chart,
-                        result.rows,
-                        result.source.source,
-                        charts_dir / reports.chart_filename(result.source.source),
-                    )
-        table = summary_frame(summaries)
-        write_table(summary, table, summary_frame([]))
+        outputs.check_writable()
+        fresh_state = not outputs.state_dir.exists()
+        outputs.prepare_state_dir()
     except OutputError as exc:
         raise click.UsageError(str(exc)) from exc
-    if charts_dir is not None:
-        _chart(reports.overview_chart, table, charts_dir / "overview.png")
+    lock = OutputLock(outputs.lock)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        log.error("%s. Exiting without doing anything (exit code %d).", exc, EXIT_LOCKED)
+        sys.exit(EXIT_LOCKED)
+    except (LockUnavailable, OSError) as exc:
+        raise click.UsageError(str(exc)) from exc
 
+    options["include"], options["exclude"] = tuple(options["include"]), tuple(options["exclude"])
+    started = time.perf_counter()
+    state_used = False
+    try:
+        if lock.stale is not None:
+            log.warning(
+                "the previous run on %s (%s) did not finish (killed?); its finished files are kept and the "
+                "rest is redone now",
+                out,
+                lock.stale.describe(),
+            )
+        outputs.remove_stale_temporaries()
+        try:
+            job = api.prepare(list(paths), api.Options(**options, isolate=True), ignore=outputs.ignored())
+        except api.ConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        settings = job.settings
+        log.info(
+            "detector %s; model %s (sha256 %s)",
+            settings.detector.name,
+            settings.model.name,
+            settings.model.sha256[:12],
+        )
+        if not job.sources:
+            log.warning("no files found under %s", ", ".join(map(str, paths)))
+        if not settings.model.crop_from_card:
+            log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
+
+        with StateStore(outputs.database) as state:
+            state_used = True
+            run = IncrementalRun(job, outputs, state)
+            try:
+                run.check_settings(force)
+            except SettingsChanged as exc:
+                log.error("%s", exc)
+                sys.exit(EXIT_USAGE)
+            plan = run.plan()
+            log.info("%s", plan.describe())
+            progress = RichProgress(console) if interactive else NoProgress() if quiet else LogProgress()
+
+            def announce(name: str) -> None:
+                log.warning(
+                    "%s received: finishing the file(s) being analysed, then stopping; send it again to stop "
+                    "at once",
+                    name,
+                )
+
+            with stop_on_signals(announce) as stop:
+                executor = local_executor(
+                    settings, job.workers, isolate=True, file_timeout=job.file_timeout, quiet=not verbose
+                )
+                done, not_started = run.execute(plan, executor, progress, should_stop=stop)
+                if stop():
+                    log.warning(
+                        "interrupted by %s: %d file(s) finished and saved in %s, %d not started; %s was left "
+                        "unchanged. Run the same command again to continue (finished files are not redone).",
+                        stop.signal_name,
+                        done,
+                        outputs.state_dir,
+                        not_started,
+                        out,
+                    )
+                    sys.exit(EXIT_INTERRUPTED)
+            outcome = run.finish(plan, done)
+    except KeyboardInterrupt:
+        log.warning(
+            "stopped at once: files that had finished are saved in %s, the ones in progress will be redone; %s "
+            "was left unchanged. Run the same command again to continue.",
+            outputs.state_dir,
+            out,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    except (OutputError, StateError) as exc:
+        log.error(
+            "%s. Finished files are saved in the state folder; free the space or fix the problem and run the "
+            "same command again (exit code %d).",
+            exc,
+            EXIT_OUTPUT,
+        )
+        sys.exit(EXIT_OUTPUT)
+    finally:
+        lock.release()
+        if fresh_state and not state_used:
+            shutil.rmtree(outputs.state_dir, ignore_errors=True)  # nothing was done: leave no trace
+
+    table = outcome.table
     failed = table[table["status"] == "error"]
     elapsed = time.perf_counter() - started
     if interactive:
-        _print_table(console, table, sink.rows_written, elapsed)
+        _print_table(console, table, outcome.rows, elapsed)
     counts = table["status"].value_counts()
     log.info(
-        "done in %.1f s: %d file(s) (%d ok, %d error, %d skipped), %d row(s), %d face(s); results in %s",
+        "done in %.1f s: %d file(s) (%d ok, %d error, %d skipped; %d analysed now, %d kept from earlier runs), "
+        "%d row(s), %d face(s); results in %s%s",
         elapsed,
         len(table),
         counts.get("ok", 0),
         counts.get("error", 0),
         counts.get("skipped", 0),
-        sink.rows_written,
+        outcome.processed,
+        outcome.kept,
+        outcome.rows,
         int(table["faces"].fillna(0).sum()),
         out,
+        "" if outcome.rewritten else " (already up to date)",
     )
     if len(failed):
         log.error(
@@ -252,16 +349,6 @@ def analyze(
             "\n".join(f"  {s}: {e}" for s, e in zip(failed["source"], failed["error"])),
         )
         sys.exit(EXIT_FAILURES)
-
-
-def _chart(draw: Any, data: Any, *args: Any) -> None:
-    """Charts are a convenience: a drawing failure is logged, it does not fail the run."""
-    try:
-        path = draw(data, *args)
-        if path is not None:
-            log.debug("chart %s", path)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not draw chart %s: %s", args[-1], exc)
 
 
 def _print_table(console: Any, table: Any, rows: int, elapsed: float) -> None:

@@ -24,3 +24,6 @@ DETECTOR_CHOICES = ("auto", "yunet", "haar")
 DEFAULT_PREFETCH = 2
 #: Files processed in parallel, one worker process each: one per usable core.
 DEFAULT_WORKERS = usable_cores()
+#: Images whose header claims more pixels than this are refused before decoding (decompression bombs);
+#: 250 megapixels covers 200 MP phone photos and keeps one decoded BGR image under about 750 MB.
+DEFAULT_MAX_PIXELS = 250_000_000

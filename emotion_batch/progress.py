@@ -1,6 +1,7 @@
 """How a run reports progress: tqdm for the Python API (notebooks too), rich on a terminal, log lines for cron.
 
-The pipeline only calls the small `Progress` interface, so it does not know which display is in use.
+The pipeline only calls the small `Progress` interface, so it does not know which display is in use. All calls
+come from the main thread; frames analysed in worker processes are relayed to it by the runner.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ class LogProgress(NoProgress):
 
     def start(self, files: int) -> None:
         self._total, self._done = files, 0
-        log.info("analysing %d file(s)", files)
 
     def file_done(self, result: FileResult) -> None:
         self._done += 1
@@ -65,18 +65,13 @@ class TqdmProgress(NoProgress):
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=files, unit="file", desc="emotion-batch")
-        self._frames = self._file_frames = 0
+        self._frames = 0
 
     def frames(self, n: int) -> None:
         self._frames += n
-        self._file_frames += n
         self._bar.set_postfix(frames=self._frames, refresh=False)
 
     def file_done(self, result: FileResult) -> None:
-        # Pooled workers do not report frames one by one: count the file's frames when it completes.
-        self._frames += max(0, int(result.summary.get("frames_sampled") or 0) - self._file_frames)
-        self._file_frames = 0
-        self._bar.set_postfix(frames=self._frames, refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:
@@ -104,19 +99,11 @@ class RichProgress(NoProgress):
         self._files = self._progress.add_task("files", total=files, note="")
         self._frames = self._progress.add_task("frames", total=None, note="sampled")
         self._progress.start()
-        self._frames_seen = 0
 
     def frames(self, n: int) -> None:
-        self._frames_seen += n
         self._progress.update(self._frames, advance=n)
 
     def file_done(self, result: FileResult) -> None:
-        sampled = int(result.summary.get("frames_sampled") or 0)
-        # Pooled workers do not report frames one by one: count the file's frames when it completes.
-        missing = max(0, sampled - self._frames_seen)
-        if missing:
-            self._progress.update(self._frames, advance=missing)
-        self._frames_seen = 0
         self._progress.update(self._files, advance=1, note=result.source.source[-40:])
         if result.status == "error":
             log.error("%s", describe(result))

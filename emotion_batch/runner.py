@@ -1,21 +1,26 @@
-"""Per-file processing and the executors that run it, in order, whatever the number of workers.
+"""Per-file processing, and running it on any `concurrent.futures.Executor`.
 
 `process_file(source, settings)` is the unit of work: a pure, picklable top-level function whose result (that
-file's rows and summary record) is complete or replaced by an error record. Anything that can run it - the
-in-process loop, a process pool, later a Dask executor - can be plugged into `run_files`, which yields results
-in source order so outputs are identical for any worker count.
+file's rows, summary record and identity) is complete or replaced by an error record; it never raises for a
+problem with the file. `dispatch` feeds it to an executor - in this process (`InlineExecutor`), to isolated
+worker processes (`isolation.IsolatedExecutor`), or to anything else with the Executor interface such as a
+Dask client's `get_executor()` - and turns executor-level failures (a crashed worker, a timeout) into error
+records too, so one bad file never stops a run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-import multiprocessing
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,16 +28,22 @@ import pandas as pd
 
 from . import annotate
 from .classification import Classifier, ModelCard
+from .defaults import DEFAULT_MAX_PIXELS
 from .detection import Detection, Detector, DetectorSpec, create_detector
+from .inspection import FileIdentity, FileProblem, changed_since, decoder_path, hint_for_decode_failure, inspect
+from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames
 from .reports import file_stats
 from .sampling import FrameSampler, MediaError, SamplingPlan
 from .schema import EMOTIONS, rows_frame
-from .sources import Source
+from .sources import Source, display_name
 from .tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
 FrameCallback = Callable[[int], None]
+
+#: Bump when a code change alters the rows for the same model and settings, so state stores reprocess.
+ROWS_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -43,15 +54,53 @@ class Settings:
     detector: DetectorSpec
     model: ModelCard
     annotate_dir: Path | None = None
+    #: Images whose header claims more pixels are refused (decompression bombs).
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def describe_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that decide the rows, as plain JSON: model and detector by content hash, not by path.
+
+    Stored in the state store and compared on every run, so rows made with different models or sampling are
+    never mixed. Output-only options (annotations, pixel limit) are left out on purpose.
+    """
+    detector = _jsonable(settings.detector)
+    detector.pop("path", None)
+    model = settings.model
+    return {
+        "rows_format": ROWS_FORMAT,
+        "sampling": {**_jsonable(settings.sampling), "rate": settings.sampling.rate},
+        "detector": detector,
+        "model": {
+            "sha256": model.sha256,
+            "labels": list(model.labels),
+            "input": [model.height, model.width],
+            "crop": _jsonable(model.crop),
+        },
+    }
 
 
 @dataclass
 class FileResult:
-    """One file's complete output: its rows (possibly none) and its summary record."""
+    """One file's complete output: its rows (possibly none), its summary record and its identity."""
 
     source: Source
     rows: pd.DataFrame
     summary: dict[str, object] = field(default_factory=dict)
+    #: Size, mtime and sha256 as read before analysis; None when the file could not be read.
+    identity: FileIdentity | None = None
+    #: Remarks for the log that did not stop the analysis (e.g. a misleading extension).
+    notes: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
@@ -84,17 +133,27 @@ def engine_for(settings: Settings) -> Engine:
 
 
 def init_worker(settings: Settings) -> None:
-    """Process-pool initializer: load the model and detector before the first file arrives."""
+    """Worker initializer: load the model and detector before the first file arrives."""
     engine_for(settings)
 
 
-def _summary(source: Source, settings: Settings, status: str, error: str | None, **stats: object) -> dict:
+def _summary(
+    source: Source,
+    settings: Settings,
+    status: str,
+    error: str | None,
+    *,
+    kind: str | None = None,
+    media_type: str | None = None,
+    **stats: object,
+) -> dict:
     return {
         "source": source.source,
-        "path": str(source.path),
-        "media_type": source.media_type,
+        "path": display_name(str(source.path)),
+        "media_type": media_type or source.media_type,
         "status": status,
         "error": error,
+        "error_kind": kind,
         "detector": settings.detector.name,
         "detector_sha256": settings.detector.sha256,
         "model": settings.model.name,
@@ -108,6 +167,23 @@ def skipped_result(source: Source, settings: Settings) -> FileResult:
     return FileResult(source, rows_frame([]), _summary(source, settings, "skipped", source.skip_reason))
 
 
+def error_result(
+    source: Source, settings: Settings, kind: str, message: str, media_type: str | None = None
+) -> FileResult:
+    """The record of a file that failed, with its error kind (see schema.ERROR_KINDS) and message."""
+    summary = _summary(source, settings, "error", message, kind=kind, media_type=media_type)
+    return FileResult(source, rows_frame([]), summary)
+
+
+def failure_result(source: Source, settings: Settings, exc: BaseException) -> FileResult:
+    """The record of a file whose task failed outside `process_file`: a dead or stopped worker."""
+    if isinstance(exc, TaskTimedOut):
+        return error_result(source, settings, "timeout", str(exc))
+    if isinstance(exc, WorkerCrashed):
+        return error_result(source, settings, "crashed", str(exc))
+    return error_result(source, settings, "internal", f"worker failed: {type(exc).__name__}: {exc}")
+
+
 def _box(face: Detection, width: int, height: int) -> tuple[int, int, int, int]:
     """The face box clipped to the frame, in integer pixels, as written to the CSV."""
     x0, y0 = max(0, round(face.x)), max(0, round(face.y))
@@ -115,10 +191,12 @@ def _box(face: Detection, width: int, height: int) -> tuple[int, int, int, int]:
     return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
 
 
-def _analyse(source: Source, settings: Settings, on_frame: FrameCallback | None) -> FileResult:
+def _analyse(
+    source: Source, media_type: str, path: Path, settings: Settings, on_frame: FrameCallback | None
+) -> FileResult:
     engine = engine_for(settings)
-    sampler = FrameSampler(source.path, source.media_type or "", settings.sampling)
-    tracker = FaceTracker() if source.media_type == "video" else None
+    sampler = FrameSampler(path, media_type, settings.sampling)
+    tracker = FaceTracker() if media_type == "video" else None
     records: list[tuple] = []
     for frame in sampler:
         faces = engine.detector.detect(frame.image)
@@ -135,80 +213,168 @@ def _analyse(source: Source, settings: Settings, on_frame: FrameCallback | None)
                 + (i, track, *_box(face, width, height), face.score, *p.tolist(), EMOTIONS[k], float(p[k]))
             )
         if settings.annotate_dir is not None:
-            target = annotate.annotation_path(
-                settings.annotate_dir, source.source, source.media_type, frame.index
-            )
+            target = annotate.annotation_path(settings.annotate_dir, source.source, media_type, frame.index)
             annotate.save(target, annotate.draw(frame.image, faces, ids, probs))
         if on_frame:
             on_frame(1)
     rows = rows_frame(records)
-    return FileResult(
-        source,
-        rows,
-        _summary(source, settings, "ok", None, duration_s=sampler.duration_s, **file_stats(rows)),
-    )
+    stats = {"duration_s": sampler.duration_s, **file_stats(rows)}
+    return FileResult(source, rows, _summary(source, settings, "ok", None, media_type=media_type, **stats))
 
 
 def process_file(source: Source, settings: Settings, on_frame: FrameCallback | None = None) -> FileResult:
-    """Analyse one file. Never raises for a problem with the file: it becomes an error record instead."""
+    """Analyse one file. Never raises for a problem with the file: it becomes an error record instead.
+
+    The file is inspected first (readable, regular, not empty, real format, pixel count, complete container)
+    and fingerprinted; if it changes while being analysed the result is an error, retried on the next run.
+    """
     if source.skip_reason:
         return skipped_result(source, settings)
     started = time.perf_counter()
+    inspection = None
     try:
-        result = _analyse(source, settings, on_frame)
+        inspection = inspect(source.path, source.media_type or "", settings.max_pixels)
+        media_type = inspection.media_type
+        decodable = decoder_path(source.path) if media_type == "video" else contextlib.nullcontext(source.path)
+        with decodable as path:
+            result = _analyse(source, media_type, path, settings, on_frame)
+        if changed_since(source.path, inspection.identity):
+            raise FileProblem(
+                "changed",
+                "the file changed while it was being analysed (still being written?); it will be analysed "
+                "again on the next run",
+            )
+    except FileProblem as exc:
+        result = error_result(source, settings, exc.kind, str(exc), inspection and inspection.media_type)
     except MediaError as exc:
-        result = FileResult(source, rows_frame([]), _summary(source, settings, "error", str(exc)))
+        message = str(exc)
+        kind = "no_frames" if message.startswith("no decodable") else "undecodable"
+        if kind == "undecodable" and not message.startswith(("empty file", "cannot read")):
+            message = f"{message}; {hint_for_decode_failure(inspection)}"
+        result = error_result(source, settings, kind, message, inspection and inspection.media_type)
     except Exception as exc:
         log.debug("unexpected failure on %s", source.source, exc_info=True)
-        message = f"unexpected {type(exc).__name__}: {exc}"
-        result = FileResult(source, rows_frame([]), _summary(source, settings, "error", message))
+        result = error_result(source, settings, "internal", f"unexpected {type(exc).__name__}: {exc}")
+    if inspection is not None:
+        result.identity = inspection.identity
+        result.notes = inspection.notes
     result.summary["elapsed_s"] = time.perf_counter() - started
     return result
 
 
-def _ordered(
-    executor: Executor, sources: Sequence[Source], settings: Settings, window: int
-) -> Iterator[FileResult]:
-    """Submit with a bounded number in flight; yield in submission order (later results wait their turn)."""
-    pending: deque[tuple[Source, Future[FileResult]]] = deque()
-    todo = iter(sources)
-    for source in todo:
-        pending.append((source, executor.submit(process_file, source, settings)))
-        if len(pending) >= window:
-            break
-    while pending:
-        source, future = pending.popleft()
-        try:
-            result = future.result()
-        except Exception as exc:  # noqa: BLE001 - e.g. a worker process that died
-            message = f"worker failed: {type(exc).__name__}: {exc}"
-            result = FileResult(source, rows_frame([]), _summary(source, settings, "error", message))
-        yield result
-        nxt = next(todo, None)
-        if nxt is not None:
-            pending.append((nxt, executor.submit(process_file, nxt, settings)))
+# --- executors ---------------------------------------------------------------------------------------------------
+class InlineExecutor(Executor):
+    """Runs each task in the calling thread at submission: the Executor interface without processes."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - delivered through the future, like other executors
+                future.set_exception(exc)
+        return future
 
 
-def run_files(
-    sources: Sequence[Source],
+class FrameCounter:
+    """Frames reported from worker threads or processes, collected for the main thread's progress display."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    def take(self) -> int:
+        with self._lock:
+            n, self._count = self._count, 0
+            return n
+
+
+@dataclass
+class ExecutorPlan:
+    """An executor with what to pass as each task's per-frame callback, and how many tasks to keep queued."""
+
+    executor: Executor
+    frame_hook: FrameCallback | None
+    window: int
+    frames: FrameCounter | None = None
+
+
+def local_executor(
     settings: Settings,
-    workers: int = 1,
+    workers: int,
+    *,
+    isolate: bool,
+    file_timeout: float | None = None,
     on_frame: FrameCallback | None = None,
-) -> Iterator[FileResult]:
-    """Process files and yield their results in the order of `sources`.
+    quiet: bool = True,
+) -> ExecutorPlan:
+    """This machine's executor: isolated worker processes, or this process when `isolate` is false."""
+    if not isolate:
+        return ExecutorPlan(InlineExecutor(), on_frame, 1)
+    import os
 
-    With one worker everything runs in this process (and `on_frame` reports each sampled frame); with more, a
-    process pool loads the model once per worker and `on_frame` is not called (progress is per file).
-    """
-    if workers <= 1 or len(sources) <= 1:
-        for source in sources:
-            yield process_file(source, settings, on_frame)
-        return
-    context = multiprocessing.get_context("spawn")  # no fork of a parent holding ONNX/OpenCV threads
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(sources)),
-        mp_context=context,
+    frames = FrameCounter()
+    environment = {}
+    if "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:  # OpenCV's own limit, for formats not measured here
+        environment["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(settings.max_pixels)
+    executor = IsolatedExecutor(
+        workers,
         initializer=init_worker,
         initargs=(settings,),
-    ) as pool:
-        yield from _ordered(pool, sources, settings, window=2 * workers)
+        task_timeout=file_timeout,
+        on_frames=frames.add,
+        quiet=quiet,
+        environment=environment,
+    )
+    return ExecutorPlan(executor, report_frames, 2 * workers, frames)
+
+
+def dispatch(
+    plan: ExecutorPlan,
+    sources: Sequence[Source],
+    settings: Settings,
+    *,
+    on_frames: FrameCallback | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    poll_s: float = 0.2,
+) -> Iterator[FileResult]:
+    """Run `process_file` for each source on the plan's executor; yield results as they complete.
+
+    At most `plan.window` tasks are submitted ahead. When `should_stop()` turns true, nothing more is
+    submitted, queued tasks are cancelled and only the files already being analysed are waited for and yielded.
+    """
+    todo = deque(sources)
+    pending: dict[Future, tuple[int, Source]] = {}
+    order = {s.source: i for i, s in enumerate(sources)}
+    stopping = False
+    while todo or pending:
+        if not stopping and should_stop():
+            stopping = True
+            todo.clear()
+            for future in list(pending):
+                if future.cancel():  # succeeds only for tasks not yet started
+                    del pending[future]
+            if not pending:
+                break
+        while todo and len(pending) < plan.window:
+            source = todo.popleft()
+            future = plan.executor.submit(process_file, source, settings, plan.frame_hook)
+            pending[future] = (order[source.source], source)
+        done, _ = wait(list(pending), timeout=poll_s, return_when=FIRST_COMPLETED)
+        if plan.frames is not None and on_frames is not None:
+            n = plan.frames.take()
+            if n:
+                on_frames(n)
+        for future in sorted(done, key=lambda f: pending[f][0]):
+            _, source = pending.pop(future)
+            if future.cancelled():
+                continue
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed or timed-out worker, a broken executor
+                result = failure_result(source, settings, exc)
+            yield result

@@ -67,7 +67,22 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "model",
     "model_sha256",
     "elapsed_s",
+    "error_kind",
 )
+
+#: Values of the summary's `error_kind`, so failures can be counted and filtered without parsing messages.
+ERROR_KINDS: dict[str, str] = {
+    "unreadable": "the file cannot be read (permissions, broken symlink, symlink loop, not a regular file)",
+    "empty": "the file is empty",
+    "undecodable": "the content is not decodable as the image or video it claims to be",
+    "truncated": "the file is incomplete (cut off, or still being written)",
+    "no_frames": "a video container without a single decodable frame",
+    "too_large": "an image above the pixel limit (decompression bomb protection)",
+    "changed": "the file changed while it was being analysed",
+    "timeout": "no result within --file-timeout; the worker was stopped",
+    "crashed": "the worker process died (e.g. a decoder crash)",
+    "internal": "an unexpected error in emotion-batch itself",
+}
 
 _SUMMARY_DTYPES: dict[str, str] = {
     "source": "string",
@@ -87,6 +102,7 @@ _SUMMARY_DTYPES: dict[str, str] = {
     "model": "string",
     "model_sha256": "string",
     "elapsed_s": "float64",
+    "error_kind": "string",
 }
 
 

@@ -21,7 +21,7 @@ class Source:
     """One input file: where it is, how it is named in the outputs, and what its extension says it is."""
 
     path: Path
-    #: Path relative to the input root it was found under, with forward slashes.
+    #: Path relative to the input root it was found under, with forward slashes (valid UTF-8: see display_name).
     source: str
     #: "image", "video", or None when the extension is not a media extension (the file is skipped).
     media_type: str | None
@@ -32,6 +32,18 @@ class Source:
         if self.media_type is None:
             return f"not a media file extension ({self.path.suffix or 'no extension'})"
         return None
+
+
+def display_name(text: str) -> str:
+    r"""`text` as valid UTF-8 for outputs: bytes of a non-UTF-8 name become visible escapes (byte E9 -> "\xe9").
+
+    File names on Linux are bytes; Python keeps undecodable ones as surrogates, which a UTF-8 CSV cannot hold.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
 
 
 def media_type_for(path: Path) -> str | None:
@@ -110,9 +122,9 @@ def discover(
         if exclude and _matches(rel, exclude):
             continue
         seen_files.add(real)
-        name = rel
+        name = display_name(rel)
         if name in sources:
             # Same relative name under two different roots: qualify it with the root's folder name.
-            name = f"{_real(root).name}/{rel}"
+            name = display_name(f"{_real(root).name}/{rel}")
         sources[name] = Source(path=file.absolute(), source=name, media_type=media_type_for(file))
     return [sources[k] for k in sorted(sources)]

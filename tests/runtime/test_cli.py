@@ -49,7 +49,7 @@ def test_exit_code_1_names_the_failed_file(mixed_run) -> None:
     result, _ = mixed_run
     assert result.returncode == 1, result.stderr
     assert "1 file(s) failed" in result.stderr
-    assert "clips/not_a_video.mp4: cannot open as a video" in result.stderr
+    assert "clips/not_a_video.mp4: not a video: the file contains plain text" in result.stderr
 
 
 def test_log_is_plain_timestamped_lines_when_not_a_terminal(mixed_run) -> None:
@@ -119,7 +119,8 @@ def test_summary(mixed_run) -> None:
         "notes.txt": "skipped",
         "rocket_no_face.png": "ok",
     }
-    assert by.loc["clips/not_a_video.mp4", "error"].startswith("cannot open as a video")
+    assert by.loc["clips/not_a_video.mp4", "error"] == "not a video: the file contains plain text"
+    assert by.loc["clips/not_a_video.mp4", "error_kind"] == "undecodable"
     assert by.loc["notes.txt", "error"] == "not a media file extension (.txt)"
     video = by.loc["clips/moving_face.mp4"]
     assert (video["media_type"], video["frames_sampled"], video["frames_with_faces"]) == ("video", 8, 8)
@@ -264,7 +265,7 @@ def test_terminal_gets_progress_and_a_summary_table(mixed_folder: Path, env, mod
     screen = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 1
     assert "emotion-batch: 5 file(s)" in screen  # the table title
-    assert "clips/moving_face.mp4" in screen and "cannot open as a video" in screen
+    assert "clips/moving_face.mp4" in screen and "the file contains plain text" in screen
 
 
 def test_help_and_version() -> None:

@@ -1,0 +1,356 @@
+"""What a file really is, checked before any decoder sees it.
+
+Decoders give vague errors ("cannot open") or worse: OpenCV's VideoCapture crashes the process on a file name
+that is not valid UTF-8, blocks forever on a named pipe, and a small image file whose header claims 40000x40000
+pixels makes it allocate gigabytes. So each file is first opened here without blocking, fingerprinted (size,
+mtime, sha256: its identity for the state store), sniffed by its magic bytes, and for images measured from the
+header. The result is either a specific `FileProblem` naming the cause, or what the decoder may safely do.
+Only the standard library is used, so this runs in the worker before OpenCV touches the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .defaults import DEFAULT_MAX_PIXELS
+
+#: How many leading bytes are sniffed.
+HEAD_BYTES = 64 * 1024
+
+IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WebP", "TIFF", "GIF"})
+VIDEO_FORMATS = frozenset({"MP4/MOV", "Matroska/WebM", "AVI", "MPEG program stream", "MPEG transport stream"})
+# ISO base media files whose major brand says "still image" (HEIF/AVIF), not video.
+_STILL_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
+_BMP_HEADER_SIZES = frozenset(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
+_ISO_TOP_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof"})
+
+
+class FileProblem(Exception):
+    """A file that will not be analysed, with a machine-readable `kind` and a message naming the cause."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What the state store compares to decide whether a file changed since it was analysed."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Inspection:
+    identity: FileIdentity
+    #: "image" or "video": the content decides when it is recognised, else the extension.
+    media_type: str
+    #: The recognised container or image format ("PNG", "MP4/MOV", ...), or None.
+    format: str | None
+    #: Things worth telling the user that do not stop the analysis (e.g. a misleading extension).
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _kind_of_node(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _open_without_blocking(path: Path) -> int:
+    """Open for reading; never blocks (a FIFO opened O_NONBLOCK returns at once) and names the cause on failure."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileProblem("unreadable", "symlink loop (too many levels of symbolic links)") from exc
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            target = os.readlink(path)
+            raise FileProblem(
+                "unreadable", f"broken symlink (its target {os.fsdecode(target)!r} does not exist)"
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise FileProblem("unreadable", "permission denied: the file cannot be read") from exc
+        raise FileProblem("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def sniff(head: bytes) -> str | None:
+    """The format the leading bytes announce, "text" for plain text, or None when unrecognised."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "AVI"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "Matroska/WebM"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "MPEG program stream"
+    if len(head) >= 8 and head[4:8] in _ISO_TOP_BOXES:
+        if head[4:8] == b"ftyp" and head[8:12] in _STILL_BRANDS:
+            return "HEIF/AVIF"
+        return "MP4/MOV"
+    if _looks_like_text(head):
+        return "text"
+    # Weak signatures, checked only once the content is known to be binary.
+    if head.startswith(b"BM") and len(head) >= 26 and head[14:18] in _BMP_HEADER_SIZES:
+        return "BMP"
+    if len(head) >= 377 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
+        return "MPEG transport stream"
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not merely a multi-byte character cut by the sniffing window
+            return False
+        text = head[: exc.start].decode("utf-8")
+    printable = sum(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+    return printable >= 0.97 * max(1, len(text))
+
+
+# --- image sizes from headers ----------------------------------------------------------------------------------
+def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
+def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
+    """Walk the JPEG segments (seeking past large EXIF blocks) to the first start-of-frame marker."""
+    offset = 2
+    for _ in range(10_000):
+        marker = _read_at(fh, offset, 4)
+        if len(marker) < 4 or marker[0] != 0xFF:
+            return None
+        code = marker[1]
+        if code == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:  # markers without a length
+            offset += 2
+            continue
+        length = struct.unpack(">H", marker[2:4])[0]
+        if code in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            body = _read_at(fh, offset + 5, 4)
+            if len(body) < 4:
+                return None
+            height, width = struct.unpack(">HH", body)
+            return width, height
+        if code in (0xD9, 0xDA):  # end of image, or start of scan before any frame header
+            return None
+        offset += 2 + length
+    return None
+
+
+def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
+    head = _read_at(fh, 0, 8)
+    order = "<" if head[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", head[4:8])
+    count_raw = _read_at(fh, ifd, 2)
+    if len(count_raw) < 2:
+        return None
+    (count,) = struct.unpack(order + "H", count_raw)
+    entries = _read_at(fh, ifd + 2, 12 * min(count, 4096))
+    found: dict[int, int] = {}
+    for i in range(len(entries) // 12):
+        tag, kind, _n = struct.unpack(order + "HHI", entries[12 * i : 12 * i + 8])
+        if tag in (256, 257):
+            value = entries[12 * i + 8 : 12 * i + 12]
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    if 256 in found and 257 in found:
+        return found[256], found[257]
+    return None
+
+
+def image_size(fh: BinaryIO, fmt: str, head: bytes) -> tuple[int, int] | None:
+    """(width, height) as the image header states it, without decoding; None when it cannot be told."""
+    try:
+        if fmt == "PNG" and len(head) >= 24:
+            width, height = struct.unpack(">II", head[16:24])
+            return width, height
+        if fmt == "GIF" and len(head) >= 10:
+            return struct.unpack("<HH", head[6:10])
+        if fmt == "BMP":
+            (dib,) = struct.unpack("<I", head[14:18])
+            if dib == 12:
+                return struct.unpack("<HH", head[18:22])
+            width, height = struct.unpack("<ii", head[18:26])
+            return abs(width), abs(height)
+        if fmt == "WebP" and len(head) >= 30:
+            chunk = head[12:16]
+            if chunk == b"VP8X":
+                return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+            if chunk == b"VP8L":
+                bits = int.from_bytes(head[21:25], "little")
+                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            if chunk == b"VP8 ":
+                width, height = struct.unpack("<HH", head[26:30])
+                return width & 0x3FFF, height & 0x3FFF
+        if fmt == "JPEG":
+            return _jpeg_size(fh)
+        if fmt == "TIFF":
+            return _tiff_size(fh)
+    except (struct.error, OSError, ValueError):
+        return None
+    return None
+
+
+# --- containers ------------------------------------------------------------------------------------------------
+def iso_structure_problem(fh: BinaryIO, size: int) -> str | None:
+    """Why an MP4/MOV file is incomplete (a box running past the end, or no 'moov' index), else None."""
+    offset, seen = 0, set()
+    while offset < size:
+        header = _read_at(fh, offset, 16)
+        if len(header) < 8:
+            return f"it ends inside a box header at byte {offset} (cut off mid-file?)"
+        box_size, kind = struct.unpack(">I4s", header[:8])
+        name = kind.decode("latin-1")
+        if box_size == 1:
+            if len(header) < 16:
+                return f"it ends inside the '{name}' box header (cut off mid-file?)"
+            (box_size,) = struct.unpack(">Q", header[8:16])
+        elif box_size == 0:  # the last box runs to the end of the file
+            box_size = size - offset
+        if box_size < 8:
+            return f"its '{name}' box at byte {offset} has an impossible size ({box_size})"
+        if offset + box_size > size:
+            return (
+                f"it is truncated: the '{name}' box needs {box_size} bytes from byte {offset} but the file "
+                f"ends after {size - offset} (an interrupted copy, or a recording still being written?)"
+            )
+        seen.add(kind)
+        offset += box_size
+    if b"moov" not in seen:
+        return "it has no 'moov' index (an incomplete recording or an interrupted copy?)"
+    return None
+
+
+def _describe_format(fmt: str | None) -> str:
+    if fmt is None:
+        return "not a recognised image or video format"
+    if fmt == "text":
+        return "plain text, not media"
+    return f"{fmt} data"
+
+
+def hint_for_decode_failure(inspection: Inspection | None) -> str:
+    """A short clause explaining a decoder failure from what the content looked like."""
+    if inspection is None or inspection.format is None:
+        return "the content is not a recognised image or video format"
+    return f"the content looks like {_describe_format(inspection.format)}"
+
+
+def inspect(path: Path, media_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspection:
+    """Open, fingerprint and sniff `path` (named as `media_type` by its extension); raise FileProblem if unusable."""
+    fd = _open_without_blocking(path)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FileProblem("unreadable", f"not a regular file ({_kind_of_node(info.st_mode)})")
+        if info.st_size == 0:
+            raise FileProblem("empty", "empty file (0 bytes)")
+        try:
+            head = fh.read(HEAD_BYTES)
+            digest = hashlib.sha256(head)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        except OSError as exc:
+            raise FileProblem("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
+        identity = FileIdentity(info.st_size, info.st_mtime_ns, digest.hexdigest())
+
+        fmt = sniff(head)
+        notes: list[str] = []
+        if fmt == "text":
+            raise FileProblem("undecodable", f"not {'an image' if media_type == 'image' else 'a video'}: "
+                              "the file contains plain text")  # fmt: skip
+        if fmt == "HEIF/AVIF":
+            raise FileProblem("undecodable", "HEIF/AVIF still image: this format is not supported by OpenCV")
+        actual = "image" if fmt in IMAGE_FORMATS else "video" if fmt in VIDEO_FORMATS else media_type
+        if actual != media_type:
+            notes.append(f"the content is {fmt} although the extension {path.suffix} says {media_type}; "
+                         f"analysed as {'an image' if actual == 'image' else 'a video'}")  # fmt: skip
+        if actual == "image" and fmt is not None:
+            size = image_size(fh, fmt, head)
+            if size is not None and size[0] * size[1] > max_pixels:
+                width, height = size
+                raise FileProblem(
+                    "too_large",
+                    f"image header claims {width}x{height} = {width * height / 1e6:.0f} megapixels, above the "
+                    f"limit of {max_pixels / 1e6:g} megapixels (--max-pixels); not decoded (decompression "
+                    "bomb protection)",
+                )
+        if fmt == "MP4/MOV":
+            problem = iso_structure_problem(fh, info.st_size)
+            if problem:
+                raise FileProblem("truncated", f"incomplete MP4/MOV file: {problem}")
+        return Inspection(identity, actual, fmt, tuple(notes))
+
+
+def changed_since(path: Path, identity: FileIdentity) -> bool:
+    """True when the file's size or modification time differs from `identity` (it was written meanwhile)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return True
+    return (info.st_size, info.st_mtime_ns) != (identity.size, identity.mtime_ns)
+
+
+_SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+,=@/ ")
+
+
+def needs_safe_alias(path: Path) -> bool:
+    """Whether a video path must be hidden behind an ASCII alias before OpenCV sees it.
+
+    OpenCV crashes on names that are not valid UTF-8, and FFmpeg gives some characters meaning ('%' patterns,
+    ':' protocols), so anything beyond plain ASCII letters, digits and a few separators gets an alias.
+    """
+    return not set(str(path)) <= _SAFE_NAME_CHARS
+
+
+@contextmanager
+def decoder_path(path: Path) -> Iterator[Path]:
+    """A path the video decoder can open safely: `path` itself, or an ASCII-named symlink to it in a private
+    temporary folder (mode 0700), removed afterwards."""
+    if not needs_safe_alias(path):
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="emotion-batch-")
+    suffix = "".join(c for c in path.suffix.lower() if c.isascii() and (c.isalnum() or c == "."))
+    alias = Path(folder) / f"input{suffix}"
+    try:
+        os.symlink(os.path.abspath(path), alias)
+        yield alias
+    finally:
+        try:
+            alias.unlink(missing_ok=True)
+        finally:
+            os.rmdir(folder)

@@ -1,0 +1,91 @@
+"""Per-file result shards: each analysed file's rows, in their own CSV file, written atomically.
+
+A shard becomes visible (renamed into place) only once complete, and only then is it recorded in the state
+store, so after a kill at any instant a file is either fully done (shard + record) or not done at all (at most
+an orphan shard, removed by the next run). `--out` is never appended to: it is re-assembled from the shards in
+source order, so its rows are ordered by source, frame and face and identical to an uninterrupted run's.
+Shard names include the file's content hash and the settings fingerprint, so a new shard never overwrites one
+that a record still points to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .schema import ROW_COLUMNS, rows_frame
+from .sinks import PARQUET_SUFFIXES, TEMP_SUFFIX, atomic_file, csv_text, open_sink, write_csv_parts
+
+SHARD_SUFFIX = ".csv"
+
+
+def shard_name(source: str, sha256: str, fingerprint: str) -> str:
+    """A flat, unique and safe file name for one file's rows under one set of settings."""
+    key = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+    return f"{key}-{sha256[:16]}-{fingerprint[:12]}{SHARD_SUFFIX}"
+
+
+class ShardStore:
+    """The folder of shards (`<out>.state/shards/`)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def write(self, name: str, rows: pd.DataFrame) -> int:
+        """Write one file's rows (aligned to the contract's columns) atomically; return the shard's size."""
+        text = csv_text(rows.reindex(columns=list(ROW_COLUMNS))).encode("utf-8")
+        with atomic_file(self.path(name)) as fh:
+            fh.write(text)
+        return len(text)
+
+    def intact(self, name: str, size: int | None) -> bool:
+        """Whether the shard exists with the size recorded for it."""
+        try:
+            return self.path(name).stat().st_size == size
+        except OSError:
+            return False
+
+    def read(self, name: str) -> pd.DataFrame:
+        """A shard back as a DataFrame with the contract's dtypes (floats round-trip exactly)."""
+        frame = pd.read_csv(
+            self.path(name),
+            dtype={"source": "string", "emotion": "string"},
+            keep_default_na=False,
+            na_values=[""],
+            float_precision="round_trip",
+        )
+        return rows_frame(frame.itertuples(index=False, name=None)) if len(frame) else rows_frame([])
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Remove shards no record points to, and temporary files of killed runs; return how many."""
+        wanted = set(keep)
+        removed = 0
+        for entry in self.folder.iterdir():
+            if entry.name not in wanted and (entry.suffix == SHARD_SUFFIX or entry.name.endswith(TEMP_SUFFIX)):
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def assemble(out: Path, shards: ShardStore, names: Sequence[str]) -> int:
+    """Write `out` (CSV, or Parquet by extension) from the shards in the given order; return the rows written."""
+    header = ",".join(ROW_COLUMNS) + "\n"
+    if out.suffix.lower() not in PARQUET_SUFFIXES:
+        return write_csv_parts(out, header, (shards.path(n) for n in names))
+    with open_sink(out, rows_frame([])) as sink:
+        for frame in _frames(shards, names):
+            sink.write(frame)
+    return sink.rows_written
+
+
+def _frames(shards: ShardStore, names: Sequence[str]) -> Iterator[pd.DataFrame]:
+    for name in names:
+        yield shards.read(name)
