@@ -82,23 +82,17 @@ class OutputPaths:
         for target in (self.out, self.summary):
             if target.is_dir():
                 raise OutputError(f"output path is a folder, not a file: {target}")
-        folders = [self.out.parent, self.summary.parent]
+        folders = list(dict.fromkeys([self.out.parent, self.summary.parent]))
         for folder in folders:
             if not folder.is_dir():
                 raise OutputError(f"output folder does not exist: {folder}")
+            _probe(folder)
         if self.charts is not None:
             try:
                 self.charts.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"cannot create the charts folder {self.charts}: {exc.strerror or exc}") from exc
-            folders.append(self.charts)
-        for folder in dict.fromkeys(folders):
-            try:
-                fd, probe = tempfile.mkstemp(prefix=".emotion-batch-probe.", dir=folder)
-                os.close(fd)
-                os.unlink(probe)
-            except OSError as exc:
-                raise OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from exc
+            _probe(self.charts)
 
     def prepare_state_dir(self) -> None:
         try:
@@ -150,6 +144,15 @@ class Outcome:
     interrupted: bool = False
     not_started: int = 0
     rewritten: bool = True
+
+
+def _probe(folder: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".emotion-batch-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from exc
 
 
 def _hash_file(path: Path) -> str | None:

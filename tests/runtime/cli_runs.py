@@ -1,0 +1,221 @@
+"""Helpers for the reliability tests: run or start the real `emotion-batch` command and look at its processes.
+
+Fixtures defined here (`cli_env`, `model_args`) are imported by the test modules that use them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emotion_batch.classification import bundled_model_path
+
+
+@pytest.fixture(scope="module")
+def cli_env(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for the command: the YuNet file, and an empty private cache."""
+    return {
+        "EMOTION_BATCH_DETECTOR_MODEL": str(yunet_path),
+        "EMOTION_BATCH_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+    }
+
+
+@pytest.fixture(scope="module")
+def model_args(request: pytest.FixtureRequest) -> list[str]:
+    """The bundled model when it exists, else the tiny contract model (needs onnx)."""
+    if bundled_model_path().is_file():
+        return []
+    return ["--model", str(request.getfixturevalue("tiny_model"))]
+
+
+def command() -> list[str]:
+    exe = shutil.which("emotion-batch")
+    return [exe] if exe else [sys.executable, "-m", "emotion_batch"]
+
+
+def run(
+    *args: str | os.PathLike[str],
+    env: dict[str, str],
+    timeout: float = 300,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run the command to completion; plain text output captured."""
+    return subprocess.run(
+        [*command(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+        check=False,
+        preexec_fn=preexec_fn,
+    )
+
+
+def start(*args: str | os.PathLike[str], env: dict[str, str], new_session: bool = False) -> subprocess.Popen:
+    """Start the command in the background; stderr is a text pipe read line by line by the caller."""
+    return subprocess.Popen(
+        [*command(), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        start_new_session=new_session,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
+    """Read stderr lines until one contains `needle`; return the lines read. Fails on timeout or exit."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            pytest.fail(f"the run ended before printing {needle!r}:\n" + "".join(lines))
+        lines.append(line)
+        if needle in line:
+            return lines
+    pytest.fail(f"no line with {needle!r} within {timeout} s:\n" + "".join(lines))
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def is_worker(pid: int) -> bool:
+    """A spawned multiprocessing child that is not the resource tracker."""
+    try:
+        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"spawn_main" in cmdline
+
+
+def open_files(pid: int) -> list[str]:
+    out = []
+    try:
+        for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+            try:
+                out.append(os.readlink(fd))
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def worker_with_open_file(parent: int, name: str, timeout: float = 120) -> int:
+    """Wait until a worker of `parent` has a file ending in `name` open (it is analysing it); return its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in children(parent):
+            if is_worker(pid) and any(f.endswith(name) for f in open_files(pid)):
+                return pid
+        time.sleep(0.01)
+    pytest.fail(f"no worker of {parent} opened {name} within {timeout} s")
+
+
+def alive(pids: Iterable[int]) -> list[int]:
+    """The pids that still exist and are not zombies."""
+    out = []
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+def wait_for_lock_holder(out: Path, timeout: float = 60) -> int:
+    """Wait until a run has taken the lock of `out`; return the holder's pid."""
+    lock = out.with_name(out.name + ".state") / "lock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = lock.read_text()
+            if text.strip():
+                return int(json.loads(text)["pid"])
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"nobody took {lock} within {timeout} s")
+
+
+def summary_of(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out.with_name(f"{out.stem}_summary{out.suffix}")).set_index("source")
+
+
+def comparable_summary(out: Path) -> pd.DataFrame:
+    """The summary without the timing column, which differs between any two runs."""
+    return summary_of(out).drop(columns=["elapsed_s"])
+
+
+# --- running as root: take away the power to ignore file permissions ----------------------------------------
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
+
+
+def _drop_dac_capabilities() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def permission_respecting_preexec() -> Callable[[], None] | None:
+    """A preexec_fn under which file permissions apply even to root, None when not root; skip if impossible.
+
+    Root bypasses permission bits through CAP_DAC_OVERRIDE; dropping it from the bounding set before exec makes
+    the command see "permission denied" like any user would, with real files and real chmod.
+    """
+    if os.geteuid() != 0:
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        locked = Path(tmp) / "locked"
+        locked.write_text("secret")
+        locked.chmod(0)
+        try:
+            probe = subprocess.run(
+                [sys.executable, "-c", f"open({str(locked)!r}).read()"],
+                preexec_fn=_drop_dac_capabilities,
+                capture_output=True,
+                check=False,
+            )
+        except subprocess.SubprocessError:
+            probe = None
+    if probe is None or b"PermissionError" not in probe.stderr:
+        pytest.skip("running as root and unable to drop CAP_DAC_OVERRIDE: permissions cannot be tested here")
+    return _drop_dac_capabilities
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
