@@ -128,7 +128,11 @@ def iter_results(
     progress = progress or NoProgress()
     progress.start(len(job.sources))
     plan = local_executor(
-        job.settings, job.workers, isolate=job.isolate, file_timeout=job.file_timeout, on_frame=progress.frames
+        job.settings,
+        job.workers,
+        isolate=job.isolate,
+        file_timeout=job.file_timeout,
+        on_frame=progress.frames,
     )
     streamed = plan.frame_hook is not None
     try:
@@ -174,7 +178,9 @@ def analyze(
         raise ConfigError(str(exc)) from exc
     job = prepare(path_list, opts)
     order = {s.source: i for i, s in enumerate(job.sources)}
-    results = sorted(iter_results(job, TqdmProgress() if progress else None), key=lambda r: order[r.source.source])
+    results = sorted(
+        iter_results(job, TqdmProgress() if progress else None), key=lambda r: order[r.source.source]
+    )
     frames = [r.rows for r in results if len(r.rows)]
     rows = pd.concat(frames, ignore_index=True) if frames else rows_frame([])
     rows.attrs["summary"] = summary_frame(r.summary for r in results)

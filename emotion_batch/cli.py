@@ -262,7 +262,9 @@ def analyze(
         if not job.sources:
             log.warning("no files found under %s", ", ".join(map(str, paths)))
         if not settings.model.crop_from_card:
-            log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
+            log.warning(
+                "the model card has no measured crop framing; using the default %s", settings.model.crop
+            )
 
         with StateStore(outputs.database) as state:
             state_used = True

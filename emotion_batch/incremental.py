@@ -91,14 +91,18 @@ class OutputPaths:
             try:
                 self.charts.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise OutputError(f"cannot create the charts folder {self.charts}: {exc.strerror or exc}") from exc
+                raise OutputError(
+                    f"cannot create the charts folder {self.charts}: {exc.strerror or exc}"
+                ) from exc
             _probe(self.charts)
 
     def prepare_state_dir(self) -> None:
         try:
             self.shards.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the state folder {self.state_dir}: {exc.strerror or exc}") from exc
+            raise OutputError(
+                f"cannot create the state folder {self.state_dir}: {exc.strerror or exc}"
+            ) from exc
 
     def remove_stale_temporaries(self) -> int:
         """Temporary files of runs that were killed (safe: we hold the lock, nobody else is writing)."""
@@ -321,8 +325,9 @@ class IncrementalRun:
                 rows += rec.rows
         table = summary_frame(summaries)
         digest = hashlib.sha256(
-            json.dumps([shards, table.astype(object).where(table.notna(), None).values.tolist()], default=str)
-            .encode()
+            json.dumps(
+                [shards, table.astype(object).where(table.notna(), None).values.tolist()], default=str
+            ).encode()
         ).hexdigest()
         rewritten = not self._up_to_date(digest)
         if rewritten:
@@ -348,7 +353,11 @@ class IncrementalRun:
     def _up_to_date(self, digest: str) -> bool:
         """True when the outputs on disk are exactly what this state assembled last time (nothing to rewrite)."""
         previous = self.state.get_meta("assembled")
-        return bool(previous) and previous.get("digest") == digest and previous == {"digest": digest, **self._stamp()}
+        return (
+            bool(previous)
+            and previous.get("digest") == digest
+            and previous == {"digest": digest, **self._stamp()}
+        )
 
     def _heal_timelines(self, table: pd.DataFrame, records: dict[str, FileRecord]) -> None:
         """Draw timelines missing from the charts folder (deleted, new folder, killed between steps)."""
@@ -358,13 +367,20 @@ class IncrementalRun:
         for source in wanted["source"]:
             target = self.paths.charts / reports.chart_filename(source)
             rec = records.get(source)
-            if not target.exists() and rec is not None and rec.shard and self.shards.intact(rec.shard, rec.shard_size):
+            if (
+                not target.exists()
+                and rec is not None
+                and rec.shard
+                and self.shards.intact(rec.shard, rec.shard_size)
+            ):
                 draw_atomically(reports.timeline_chart, target, self.shards.read(rec.shard), source)
 
     def _tidy(self, records: dict[str, FileRecord]) -> None:
         """Forget files that no longer exist anywhere; remove shards no record points to."""
         current = {s.source for s in self.job.sources}
-        gone = [s for s, r in records.items() if s not in current and not os.path.lexists(os.fsdecode(r.path))]
+        gone = [
+            s for s, r in records.items() if s not in current and not os.path.lexists(os.fsdecode(r.path))
+        ]
         self.state.forget(gone)
         keep = [r.shard for s, r in records.items() if r.shard and s not in gone]
         self.shards.prune(keep)
@@ -383,4 +399,3 @@ def draw_atomically(draw: Callable[..., Path | None], target: Path, data: Any, *
         log.warning("could not draw chart %s: %s", target, exc)
     finally:
         tmp.unlink(missing_ok=True)
-

@@ -50,7 +50,7 @@ class TaskTimedOut(Exception):
 
 
 def describe_exit(exitcode: int | None) -> str:
-    """"killed by signal SIGSEGV (11)" or "exited with code 3"."""
+    """ "killed by signal SIGSEGV (11)" or "exited with code 3"."""
     if exitcode is None:
         return "stopped"
     if exitcode < 0:
@@ -210,7 +210,9 @@ class IsolatedExecutor(Executor):
         self._on_frames = on_frames
         self._quiet = quiet
         self._environment = environment or {}
-        self._context = multiprocessing.get_context("spawn")  # no fork of a parent holding ONNX/OpenCV threads
+        self._context = multiprocessing.get_context(
+            "spawn"
+        )  # no fork of a parent holding ONNX/OpenCV threads
         self._lock = threading.Lock()
         self._queue: deque[_Task] = deque()
         self._workers: list[_Worker] = []
@@ -396,7 +398,9 @@ class IsolatedExecutor(Executor):
                 worker.process.kill()
                 self._fail(
                     worker,
-                    TaskTimedOut(f"no result after {self._timeout:g} s (--file-timeout); the worker was stopped"),
+                    TaskTimedOut(
+                        f"no result after {self._timeout:g} s (--file-timeout); the worker was stopped"
+                    ),
                 )
                 self._retire(worker, kill=True)
 
@@ -429,7 +433,7 @@ class IsolatedExecutor(Executor):
                         elif not worker.conn.poll():
                             self._on_death(worker)
                 self._expire(time.monotonic())
-        except BaseException as exc:  # noqa: BLE001 - never leave futures hanging
+        except BaseException as exc:
             log.debug("supervisor failed", exc_info=True)
             self._mark_broken(f"the worker supervisor failed: {exc}")
         finally:

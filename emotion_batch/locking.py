@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 try:
     import fcntl
@@ -83,7 +84,11 @@ class OutputLock:
             raise
         # The lock is ours. Content left behind means the previous run ended without releasing it.
         self.stale = _read_holder(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
@@ -98,7 +103,7 @@ class OutputLock:
         finally:
             os.close(fd)  # closing the descriptor releases the flock
 
-    def __enter__(self) -> OutputLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -30,7 +30,14 @@ from . import annotate
 from .classification import Classifier, ModelCard
 from .defaults import DEFAULT_MAX_PIXELS
 from .detection import Detection, Detector, DetectorSpec, create_detector
-from .inspection import FileIdentity, FileProblem, changed_since, decoder_path, hint_for_decode_failure, inspect
+from .inspection import (
+    FileIdentity,
+    FileProblem,
+    changed_since,
+    decoder_path,
+    hint_for_decode_failure,
+    inspect,
+)
 from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames
 from .reports import file_stats
 from .sampling import FrameSampler, MediaError, SamplingPlan
@@ -235,7 +242,9 @@ def process_file(source: Source, settings: Settings, on_frame: FrameCallback | N
     try:
         inspection = inspect(source.path, source.media_type or "", settings.max_pixels)
         media_type = inspection.media_type
-        decodable = decoder_path(source.path) if media_type == "video" else contextlib.nullcontext(source.path)
+        decodable = (
+            decoder_path(source.path) if media_type == "video" else contextlib.nullcontext(source.path)
+        )
         with decodable as path:
             result = _analyse(source, media_type, path, settings, on_frame)
         if changed_since(source.path, inspection.identity):

@@ -68,7 +68,9 @@ class ShardStore:
         wanted = set(keep)
         removed = 0
         for entry in self.folder.iterdir():
-            if entry.name not in wanted and (entry.suffix == SHARD_SUFFIX or entry.name.endswith(TEMP_SUFFIX)):
+            if entry.name not in wanted and (
+                entry.suffix == SHARD_SUFFIX or entry.name.endswith(TEMP_SUFFIX)
+            ):
                 entry.unlink(missing_ok=True)
                 removed += 1
         return removed

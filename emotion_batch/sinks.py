@@ -141,8 +141,8 @@ class _AtomicSink:
             if exc_type is None:
                 os.replace(self._tmp, self.path)
                 fsync_folder(self.path.parent)
-        except OSError as exc:
-            raise _failure(self.path, exc) from exc
+        except OSError as error:
+            raise _failure(self.path, error) from error
         finally:
             self._tmp.unlink(missing_ok=True)
 

@@ -9,13 +9,14 @@ monitoring script) never blocks the writer. Values are plain JSON and text; noth
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .inspection import FileIdentity
 
@@ -71,7 +72,7 @@ def _clean(value: Any) -> Any:
         return None
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return None
     try:
         import pandas as pd
@@ -105,7 +106,7 @@ class StateStore:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot use the state store {self.path}: {exc}") from exc
 
-    def __enter__(self) -> StateStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -176,7 +177,11 @@ class StateStore:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM files")
-            for key, value in (("settings", dict(settings)), ("fingerprint", fingerprint), ("assembled", None)):
+            for key, value in (
+                ("settings", dict(settings)),
+                ("fingerprint", fingerprint),
+                ("assembled", None),
+            ):
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
                 )
@@ -226,7 +231,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """"model.sha256 1a2b3c4d5e6f -> 9f8e7d6c5b4a, sampling.fps 2.0 -> 5.0": what differs between two settings."""
+    """ "model.sha256 1a2b3c4d5e6f -> 9f8e7d6c5b4a, sampling.fps 2.0 -> 5.0": what differs between two settings."""
 
     def show(v: Any) -> str:
         if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
@@ -234,5 +239,7 @@ def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         return "unset" if v is None else str(v)
 
     a, b = _flatten(old), _flatten(new)
-    changes = [f"{k} {show(a.get(k))} -> {show(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    changes = [
+        f"{k} {show(a.get(k))} -> {show(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
     return ", ".join(changes) or "no visible difference"

@@ -48,12 +48,17 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_claiming(width: int, height: int) -> bytes:
     """A real small JPEG whose start-of-frame marker is rewritten to claim width x height."""
-    ok, data = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    _, data = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
     buf = bytearray(data.tobytes())
     i = buf.find(b"\xff\xc0")
     buf[i + 5 : i + 9] = struct.pack(">HH", height, width)
@@ -74,7 +79,9 @@ def _cmyk_jpeg() -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(cv2.cvtColor(_astronaut_bgr(), cv2.COLOR_BGR2RGB)).convert("CMYK").save(buf, "JPEG", quality=95)
+    Image.fromarray(cv2.cvtColor(_astronaut_bgr(), cv2.COLOR_BGR2RGB)).convert("CMYK").save(
+        buf, "JPEG", quality=95
+    )
     return buf.getvalue()
 
 

@@ -1,7 +1,4 @@
-"""Helpers for the reliability tests: run or start the real `emotion-batch` command and look at its processes.
-
-Fixtures defined here (`cli_env`, `model_args`) are imported by the test modules that use them.
-"""
+"""Helpers for the reliability tests: run or start the real `emotion-batch` command and look at its processes."""
 
 from __future__ import annotations
 
@@ -18,25 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from emotion_batch.classification import bundled_model_path
-
-
-@pytest.fixture(scope="module")
-def cli_env(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for the command: the YuNet file, and an empty private cache."""
-    return {
-        "EMOTION_BATCH_DETECTOR_MODEL": str(yunet_path),
-        "EMOTION_BATCH_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-    }
-
-
-@pytest.fixture(scope="module")
-def model_args(request: pytest.FixtureRequest) -> list[str]:
-    """The bundled model when it exists, else the tiny contract model (needs onnx)."""
-    if bundled_model_path().is_file():
-        return []
-    return ["--model", str(request.getfixturevalue("tiny_model"))]
 
 
 def command() -> list[str]:

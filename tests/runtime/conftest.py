@@ -45,6 +45,23 @@ def detector_env(yunet_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     return yunet_path
 
 
+@pytest.fixture(scope="module")
+def cli_env(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for running the command: the YuNet file, and an empty private cache."""
+    return {
+        "EMOTION_BATCH_DETECTOR_MODEL": str(yunet_path),
+        "EMOTION_BATCH_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+    }
+
+
+@pytest.fixture(scope="module")
+def model_args(request: pytest.FixtureRequest) -> list[str]:
+    """The bundled model when it exists (the real thing), else the tiny contract model (needs onnx)."""
+    if bundled_model_path().is_file():
+        return []
+    return ["--model", str(request.getfixturevalue("tiny_model"))]
+
+
 @pytest.fixture(scope="session")
 def bundled_model() -> Path:
     """The bundled model (models/model.onnx); skipped until the trainer has produced it."""

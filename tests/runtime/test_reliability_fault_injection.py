@@ -25,7 +25,7 @@ import cv2
 import pandas as pd
 import pytest
 
-from .cli_runs import alive, children, cli_env, comparable_summary, model_args, run, start  # noqa: F401
+from .cli_runs import alive, children, comparable_summary, run, start
 from .environment import SHARED
 from .media_factory import no_face_bgr
 

@@ -33,7 +33,7 @@ from emotion_batch.inspection import (
 from emotion_batch.schema import ERROR_KINDS, SUMMARY_COLUMNS
 
 from .bad_media import BAD_INPUTS, EXTRA_SOURCES, write_bad_inputs
-from .cli_runs import cli_env, model_args, permission_respecting_preexec, run, summary_of  # noqa: F401
+from .cli_runs import permission_respecting_preexec, run, summary_of
 from .media_factory import astronaut_bgr, write_moving_face_video
 
 pytestmark = pytest.mark.slow
@@ -155,7 +155,9 @@ def test_workers_print_nothing_of_their_own(bad_run) -> None:
 
 
 # --- outputs in awkward places ------------------------------------------------------------------------------------
-def test_outputs_inside_the_input_folder_are_never_ingested(tmp_path: Path, astronaut_jpg: Path, cli_env, model_args) -> None:
+def test_outputs_inside_the_input_folder_are_never_ingested(
+    tmp_path: Path, astronaut_jpg: Path, cli_env, model_args
+) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copy(astronaut_jpg, folder / "astronaut.jpg")
@@ -171,7 +173,9 @@ def test_outputs_inside_the_input_folder_are_never_ingested(tmp_path: Path, astr
 
 
 @pytest.mark.parametrize("where", ["missing", "read-only"])
-def test_unusable_output_folder_is_an_error_before_any_work(tmp_path: Path, astronaut_jpg: Path, cli_env, model_args, where) -> None:
+def test_unusable_output_folder_is_an_error_before_any_work(
+    tmp_path: Path, astronaut_jpg: Path, cli_env, model_args, where
+) -> None:
     target = tmp_path / "out"
     preexec = None
     if where == "read-only":
@@ -187,7 +191,9 @@ def test_unusable_output_folder_is_an_error_before_any_work(tmp_path: Path, astr
     assert not target.exists() or list(target.iterdir()) == []
 
 
-def test_full_disk_leaves_the_previous_results_intact(tmp_path: Path, moving_face_video, cli_env, model_args) -> None:
+def test_full_disk_leaves_the_previous_results_intact(
+    tmp_path: Path, moving_face_video, cli_env, model_args
+) -> None:
     """Simulated with a real file-size limit (RLIMIT_FSIZE): writes past it fail like on a full disk."""
     folder, out = tmp_path / "in", tmp_path / "out" / "r.csv"
     folder.mkdir()
@@ -287,7 +293,9 @@ def test_identity_is_size_mtime_and_sha256(tmp_path: Path) -> None:
     ("name", "alias"),
     [("plain_name-1.mp4", False), ("café.mp4", True), ("a %d.mp4", True), (os.fsdecode(b"\xe9.mp4"), True)],
 )
-def test_videos_with_risky_names_are_opened_through_a_private_ascii_alias(tmp_path: Path, name: str, alias: bool) -> None:
+def test_videos_with_risky_names_are_opened_through_a_private_ascii_alias(
+    tmp_path: Path, name: str, alias: bool
+) -> None:
     path = tmp_path / name
     path.write_bytes(b"video")
     assert needs_safe_alias(path) is alias

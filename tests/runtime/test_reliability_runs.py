@@ -12,10 +12,8 @@ import cv2
 import pandas as pd
 import pytest
 
-from .cli_runs import (  # noqa: F401 - fixtures
-    cli_env,
+from .cli_runs import (
     comparable_summary,
-    model_args,
     run,
     sigkill,
     start,
@@ -49,7 +47,9 @@ def fresh_run(folder: Path, tmp_path: Path, env: dict, *args: str) -> Path:
     return out
 
 
-def test_reruns_do_only_new_work_and_match_a_fresh_run(folder: Path, tmp_path: Path, cli_env, model_args) -> None:
+def test_reruns_do_only_new_work_and_match_a_fresh_run(
+    folder: Path, tmp_path: Path, cli_env, model_args
+) -> None:
     out = tmp_path / "out" / "r.csv"
     out.parent.mkdir()
     args = [folder, "--out", out, "--no-charts", *model_args]
@@ -91,7 +91,9 @@ def test_reruns_do_only_new_work_and_match_a_fresh_run(folder: Path, tmp_path: P
     assert len(shards) == 3, "shards of replaced or deleted files are removed"
 
 
-def test_missing_charts_are_redrawn_without_analysing_again(folder: Path, tmp_path: Path, cli_env, model_args) -> None:
+def test_missing_charts_are_redrawn_without_analysing_again(
+    folder: Path, tmp_path: Path, cli_env, model_args
+) -> None:
     out = tmp_path / "r.csv"
     assert run(folder, "--out", out, *model_args, env=cli_env).returncode == 0
     charts = tmp_path / "r_charts"
@@ -112,14 +114,19 @@ def test_changed_settings_are_refused_with_the_difference_then_force_redoes_ever
 
     refused = run(folder, "--out", out, "--fps", "4", "--min-face", "30", *model_args, env=cli_env)
     assert refused.returncode == 2
-    assert "holds rows made with other settings (detector.min_face 20 -> 30, sampling.fps unset -> 4.0, "
-    "sampling.rate 2.0 -> 4.0)" in refused.stderr
+    assert (
+        "holds rows made with other settings (detector.min_face 20 -> 30, sampling.fps unset -> 4.0, "
+        "sampling.rate 2.0 -> 4.0)"
+    ) in refused.stderr
     assert "Rerun with --force" in refused.stderr and "nothing was done" in refused.stderr
     assert out.read_bytes() == before
 
     forced = run(folder, "--out", out, "--fps", "4", "--min-face", "30", "--force", *model_args, env=cli_env)
     assert forced.returncode == 0, forced.stderr
-    assert "--force: every file is analysed again" in forced.stderr and "analysing 3 file(s) (3 new)" in forced.stderr
+    assert (
+        "--force: every file is analysed again" in forced.stderr
+        and "analysing 3 file(s) (3 new)" in forced.stderr
+    )
     assert (pd.read_csv(out)["source"] == "clips/moving_face.mp4").sum() == 16  # 4 samples/s over 4 s
     reference = fresh_run(folder, tmp_path, cli_env, "--fps", "4", "--min-face", "30", *model_args)
     assert out.read_bytes() == reference.read_bytes()
@@ -137,7 +144,9 @@ def test_a_different_model_is_refused(folder: Path, tmp_path: Path, cli_env, tin
     assert "model.sha256 " in refused.stderr and "model.labels" in refused.stderr
 
 
-def test_a_second_run_on_the_same_output_exits_75_at_once(folder: Path, tmp_path: Path, cli_env, model_args) -> None:
+def test_a_second_run_on_the_same_output_exits_75_at_once(
+    folder: Path, tmp_path: Path, cli_env, model_args
+) -> None:
     out = tmp_path / "r.csv"
     first = start(folder, "--out", out, "--every", "1", *model_args, env=cli_env)
     try:
@@ -148,7 +157,9 @@ def test_a_second_run_on_the_same_output_exits_75_at_once(folder: Path, tmp_path
         second = run(folder, "--out", out, *model_args, env=cli_env)
         assert second.returncode == 75
         assert time.monotonic() - started < 30
-        assert f"another emotion-batch run is already writing this output (pid {first.pid} on " in second.stderr
+        assert (
+            f"another emotion-batch run is already writing this output (pid {first.pid} on " in second.stderr
+        )
         assert "Exiting without doing anything (exit code 75)" in second.stderr
         assert not out.exists()
     finally:
@@ -215,7 +226,9 @@ def long_and_short(tmp_path: Path, moving_face_video, astronaut_jpg: Path) -> Pa
     return root
 
 
-def test_a_decoder_crash_costs_one_file_and_the_run_goes_on(long_and_short: Path, tmp_path: Path, cli_env, model_args) -> None:
+def test_a_decoder_crash_costs_one_file_and_the_run_goes_on(
+    long_and_short: Path, tmp_path: Path, cli_env, model_args
+) -> None:
     out = tmp_path / "r.csv"
     args = [long_and_short, "--out", out, "--every", "1", "--workers", "1", "--no-charts", *model_args]
     proc = start(*args, env=cli_env)
@@ -235,7 +248,9 @@ def test_a_decoder_crash_costs_one_file_and_the_run_goes_on(long_and_short: Path
     assert retry.returncode == 0 and "(1 failed before, retried)" in retry.stderr
 
 
-def test_a_hanging_file_is_stopped_by_file_timeout(long_and_short: Path, tmp_path: Path, cli_env, model_args) -> None:
+def test_a_hanging_file_is_stopped_by_file_timeout(
+    long_and_short: Path, tmp_path: Path, cli_env, model_args
+) -> None:
     out = tmp_path / "r.csv"
     args = [long_and_short, "--out", out, "--every", "1", "--workers", "1", "--no-charts", *model_args]
     proc = start(*args, "--file-timeout", "8", env=cli_env)
@@ -247,5 +262,7 @@ def test_a_hanging_file_is_stopped_by_file_timeout(long_and_short: Path, tmp_pat
     assert time.monotonic() - started < 120
     summary = summary_of(out)
     assert summary.loc["a_long.mp4", "error_kind"] == "timeout"
-    assert summary.loc["a_long.mp4", "error"] == "no result after 8 s (--file-timeout); the worker was stopped"
+    assert (
+        summary.loc["a_long.mp4", "error"] == "no result after 8 s (--file-timeout); the worker was stopped"
+    )
     assert summary.loc["b_photo.jpg", "status"] == "ok"

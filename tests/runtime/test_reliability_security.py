@@ -17,7 +17,7 @@ from emotion_batch.classification import bundled_model_path
 from emotion_batch.digest import sha256_file
 from emotion_batch.fetch import YUNET_FILENAME
 
-from .cli_runs import cli_env, model_args, run, summary_of  # noqa: F401
+from .cli_runs import run, summary_of
 
 PACKAGE = Path(emotion_batch.__file__).parent
 #: Modules allowed to use pickle, and why: isolated workers exchange the parent's own task and result objects
@@ -48,11 +48,13 @@ def _violations(path: Path) -> list[str]:
             func = node.func
             if isinstance(func, ast.Name) and func.id in FORBIDDEN_CALLS:
                 found.append(f"{path.name}:{node.lineno} calls {func.id}()")
-            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
-                if (func.value.id, func.attr) in FORBIDDEN_ATTRIBUTES:
-                    found.append(f"{path.name}:{node.lineno} calls {func.value.id}.{func.attr}()")
+            named = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            if named and (func.value.id, func.attr) in FORBIDDEN_ATTRIBUTES:
+                found.append(f"{path.name}:{node.lineno} calls {func.value.id}.{func.attr}()")
             for keyword in node.keywords:
-                if keyword.arg == "shell" and not (isinstance(keyword.value, ast.Constant) and not keyword.value.value):
+                if keyword.arg == "shell" and not (
+                    isinstance(keyword.value, ast.Constant) and not keyword.value.value
+                ):
                     found.append(f"{path.name}:{node.lineno} passes shell=...")
                 if keyword.arg == "allow_pickle" and not (
                     isinstance(keyword.value, ast.Constant) and not keyword.value.value
@@ -86,7 +88,9 @@ def test_pickle_in_isolation_only_reads_what_the_parent_made() -> None:
     loads = [
         ast.unparse(node)
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "loads")
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("load", "loads")
     ]
     assert loads == ["pickle.loads(pickle.dumps(exc))", "pickle.loads(init_blob)"] or sorted(loads) == sorted(
         ["pickle.loads(pickle.dumps(exc))", "pickle.loads(init_blob)"]
@@ -94,7 +98,9 @@ def test_pickle_in_isolation_only_reads_what_the_parent_made() -> None:
 
 
 @pytest.mark.slow
-def test_models_lying_around_are_never_loaded(tmp_path: Path, astronaut_jpg: Path, cli_env, tiny_model: Path) -> None:
+def test_models_lying_around_are_never_loaded(
+    tmp_path: Path, astronaut_jpg: Path, cli_env, tiny_model: Path
+) -> None:
     """A model.onnx in the working directory or among the inputs is ignored: bundled, or what the user names."""
     bundled = bundled_model_path()
     if not bundled.is_file():
@@ -126,7 +132,9 @@ def test_models_lying_around_are_never_loaded(tmp_path: Path, astronaut_jpg: Pat
 
 
 @pytest.mark.slow
-def test_a_tampered_cached_detector_is_refused(tmp_path: Path, astronaut_jpg: Path, yunet_path: Path, model_args) -> None:
+def test_a_tampered_cached_detector_is_refused(
+    tmp_path: Path, astronaut_jpg: Path, yunet_path: Path, model_args
+) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     tampered = cache / YUNET_FILENAME

@@ -26,18 +26,18 @@ from .test_sinks import ROWS
 
 
 def _record(source: str = "a.mp4", **changes) -> FileRecord:
-    values = dict(
-        source=source,
-        path=os.fsencode("/data/caf\udce9/" + source),  # not valid UTF-8: stored as bytes
-        identity=FileIdentity(10, 123456789, "ab" * 32),
-        fingerprint="f" * 16,
-        status="ok",
-        error_kind=None,
-        shard="s.csv",
-        shard_size=99,
-        rows=3,
-        summary={"source": source, "faces": 2, "mean_happy": float("nan"), "error": None},
-    )
+    values = {
+        "source": source,
+        "path": os.fsencode("/data/caf\udce9/" + source),  # not valid UTF-8: stored as bytes
+        "identity": FileIdentity(10, 123456789, "ab" * 32),
+        "fingerprint": "f" * 16,
+        "status": "ok",
+        "error_kind": None,
+        "shard": "s.csv",
+        "shard_size": 99,
+        "rows": 3,
+        "summary": {"source": source, "faces": 2, "mean_happy": float("nan"), "error": None},
+    }
     values.update(changes)
     return FileRecord(**values)
 
@@ -46,7 +46,9 @@ def test_records_round_trip_in_a_wal_database(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite3"
     with StateStore(db) as state:
         state.record(_record())
-        state.record(_record("b.jpg", status="error", error_kind="empty", shard=None, shard_size=None, rows=0))
+        state.record(
+            _record("b.jpg", status="error", error_kind="empty", shard=None, shard_size=None, rows=0)
+        )
         state.touch("a.mp4", 987654321)
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
     with StateStore(db) as state:
@@ -55,7 +57,11 @@ def test_records_round_trip_in_a_wal_database(tmp_path: Path) -> None:
     assert a.path == b"/data/caf\xe9/a.mp4"
     assert a.identity == FileIdentity(10, 987654321, "ab" * 32)
     assert a.summary == {"source": "a.mp4", "faces": 2, "mean_happy": None, "error": None}  # NaN -> null
-    assert (records["b.jpg"].status, records["b.jpg"].error_kind, records["b.jpg"].shard) == ("error", "empty", None)
+    assert (records["b.jpg"].status, records["b.jpg"].error_kind, records["b.jpg"].shard) == (
+        "error",
+        "empty",
+        None,
+    )
 
 
 def test_reset_forgets_every_file_and_adopts_the_settings(tmp_path: Path) -> None:
@@ -86,7 +92,11 @@ def test_a_corrupt_state_store_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_settings_changes_are_explained() -> None:
-    old = {"model": {"sha256": "1" * 64}, "sampling": {"fps": None, "rate": 2.0}, "detector": {"min_face": 20}}
+    old = {
+        "model": {"sha256": "1" * 64},
+        "sampling": {"fps": None, "rate": 2.0},
+        "detector": {"min_face": 20},
+    }
     new = {"model": {"sha256": "2" * 64}, "sampling": {"fps": 5.0, "rate": 5.0}, "detector": {"min_face": 20}}
     assert explain_change(old, new) == (
         "model.sha256 111111111111 -> 222222222222, sampling.fps unset -> 5.0, sampling.rate 2.0 -> 5.0"
@@ -134,7 +144,16 @@ def test_prune_removes_orphans_and_temporaries(tmp_path: Path) -> None:
 def test_shard_names_are_flat_and_unique_per_content_and_settings() -> None:
     a = shard_name("clips/../x.mp4", "ab" * 32, "fp1")
     assert "/" not in a and a.endswith(".csv")
-    assert len({a, shard_name("clips/../x.mp4", "cd" * 32, "fp1"), shard_name("clips/../x.mp4", "ab" * 32, "fp2")}) == 3
+    assert (
+        len(
+            {
+                a,
+                shard_name("clips/../x.mp4", "cd" * 32, "fp1"),
+                shard_name("clips/../x.mp4", "ab" * 32, "fp2"),
+            }
+        )
+        == 3
+    )
 
 
 # --- the lock ---------------------------------------------------------------------------------------------------
@@ -164,7 +183,9 @@ def test_a_held_lock_is_refused_with_the_holders_details(tmp_path: Path) -> None
     holder = _hold(lock)
     try:
         started = time.monotonic()
-        with pytest.raises(LockHeld, match=rf"already writing this output \(pid {holder.pid} on .*, started "):
+        with pytest.raises(
+            LockHeld, match=rf"already writing this output \(pid {holder.pid} on .*, started "
+        ):
             OutputLock(lock).acquire()
         assert time.monotonic() - started < 1, "must not wait"
     finally:
