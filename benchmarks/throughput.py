@@ -6,8 +6,8 @@ This script times, over the same files and with the same number of processes:
 
 1. the decode-only baseline: the files decoded sequentially with OpenCV (`grab()` on every frame, nothing else),
    spread over `--workers` processes that are started before the clock starts;
-2. the pipeline: `emotion_batch`'s API with the given sampling, detector and model (no outputs written), timed
-   as a user sees it, worker start-up and model loading included;
+2. the pipeline: `emotion_batch`'s API with the given sampling, detector and model, in worker processes as the
+   command runs it (no outputs written), timed as a user sees it, worker start-up and model loading included;
 
 and reports video-seconds per wall-second (real-time factor), sampled frames/s, faces/s, the ratio of the two
 wall times, CPU seconds, and peak RSS of the whole process tree (parent and workers, sampled every 50 ms).
@@ -47,37 +47,36 @@ T = TypeVar("T")
 
 
 # --- decode-only baseline ---------------------------------------------------------------------------------------
-def decode_only(path: str) -> tuple[int, float]:
-    """Decode every frame of one video; return (frames, last timestamp in seconds)."""
+def decode_only(path: str) -> tuple[int, float, float]:
+    """Decode every frame of one video; return (frames, last timestamp in seconds, CPU seconds it took)."""
     cv2.setNumThreads(1)
+    cpu = time.process_time()
     cap = cv2.VideoCapture(path)
     frames, last = 0, 0.0
     while cap.grab():
         frames += 1
         last = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
     cap.release()
-    return frames, last
+    return frames, last, time.process_time() - cpu
 
 
 def _ready() -> None:
     cv2.setNumThreads(1)
 
 
-def time_decode_only(paths: list[str], workers: int) -> tuple[float, float, list[tuple[int, float]]]:
+def time_decode_only(paths: list[str], workers: int) -> tuple[float, float, list[tuple[int, float, float]]]:
     """(wall s, CPU s, per-file results) of decoding `paths` in `workers` processes (started beforehand)."""
+    started = time.perf_counter()
     if workers <= 1:
-        cpu, started = time.process_time(), time.perf_counter()
         decoded = [decode_only(p) for p in paths]
-        return time.perf_counter() - started, time.process_time() - cpu, decoded
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(_ready) for _ in range(workers)]:
-            future.result()
-        started = time.perf_counter()
-        decoded = list(pool.map(decode_only, paths))
-        wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), decoded
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in [pool.submit(_ready) for _ in range(workers)]:
+                future.result()
+            started = time.perf_counter()
+            decoded = list(pool.map(decode_only, paths))
+    wall = time.perf_counter() - started
+    return wall, sum(cpu for _, _, cpu in decoded), decoded
 
 
 # --- memory -----------------------------------------------------------------------------------------------------
@@ -88,10 +87,14 @@ def tree_rss_bytes() -> int | None:
     except ImportError:
         return None
     me = psutil.Process()
-    total = 0
-    for proc in [me, *me.children(recursive=True)]:
+    total = me.memory_info().rss
+    try:
+        children = me.children(recursive=True)
+    except psutil.Error:  # the tree changed while it was walked: count this process only this time
+        children = []
+    for child in children:
         try:
-            total += proc.memory_info().rss
+            total += child.memory_info().rss
         except psutil.Error:  # a worker that just exited
             pass
     return total
@@ -252,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         model=args.model,
         detector_model=args.detector_model,
+        isolate=True,  # as the command runs: files analysed in worker processes, even with one worker
     )
     job = api.prepare([args.folder], options)
     videos = [s for s in job.sources if s.media_type == "video"]
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             f"no videos under {args.folder}" + (f" of size {args.size}" if args.size else ""), file=sys.stderr
         )
         return 2
-    job = api.Job(videos, job.settings, job.workers)
+    job = dataclasses.replace(job, sources=videos)
     paths = [str(s.path) for s in videos]
 
     decode_runs, pipeline_runs = [], []
@@ -277,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     results = pipeline_runs[-1][2]
 
     decoded = decode_runs[-1][2]
-    frames = sum(f for f, _ in decoded)
-    video_s = sum(last for _, last in decoded)
+    frames = sum(f for f, _, _ in decoded)
+    video_s = sum(last for _, last, _ in decoded)
     sampled = sum(int(r.summary.get("frames_sampled") or 0) for r in results)
     faces = sum(int(r.summary.get("faces") or 0) for r in results)
     failed = [r.source.source for r in results if r.status != "ok"]
