@@ -295,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  detector {settings.detector.name}, model {settings.model.name}, cores {os.cpu_count()}")
     print(f"  decode only : {decode_wall:6.2f} s wall  {video_s / decode_wall:6.1f}x real time  "
-          f"{frames / decode_wall:7.1f} decoded frames/s  (CPU {decode_cpu:.2f} s)")  # fmt: skip
+          f"{frames / decode_wall:7.1f} decoded frames/s  "
+          f"(CPU {decode_cpu:.2f} s, {decode_cpu / decode_wall:.1f} cores busy)")  # fmt: skip
     print(f"  pipeline    : {pipeline_wall:6.2f} s wall  {video_s / pipeline_wall:6.1f}x real time  "
           f"{sampled / pipeline_wall:7.1f} sampled frames/s  {faces / pipeline_wall:7.1f} faces/s  "
-          f"(CPU {pipeline_cpu:.2f} s)")  # fmt: skip
+          f"(CPU {pipeline_cpu:.2f} s incl. start-up, {pipeline_cpu / pipeline_wall:.1f} cores busy)")  # fmt: skip
     print(f"  ratio       : pipeline / decode-only = {pipeline_wall / decode_wall:.2f} wall, "
           f"{pipeline_cpu / decode_cpu:.2f} CPU")  # fmt: skip
     own, child = own_and_child_max_rss_mib()
