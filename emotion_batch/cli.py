@@ -193,9 +193,15 @@ def analyze(
     finished files, so a rerun analyses only new, changed or previously failed files.
 
     \b
-    Exit codes: 0 all files ok; 1 some files failed (listed); 2 usage or configuration error, or the settings
-    differ from the rows already in --out (use --force); 74 an output could not be written (e.g. disk full;
-    previous results kept); 75 another run holds the lock on this output; 130 interrupted (rerun to continue).
+    Exit codes:
+      0   all files ok
+      1   some files failed (listed; retried on the next run)
+      2   usage or configuration error, or settings that differ from
+          those of the rows already in --out (see --force)
+      74  an output could not be written (e.g. disk full); previous
+          results kept
+      75  another run holds the lock on this output
+      130 interrupted; run the same command again to continue
     """
     from rich.console import Console
 
