@@ -18,7 +18,7 @@ from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESH
 from .detection import DetectorUnavailable, resolve_detector
 from .fetch import YUNET_SHA256, cached_yunet_path
 from .progress import NoProgress, Progress, TqdmProgress
-from .runner import FileResult, Settings, dispatch, engine_for, local_executor
+from .runner import ExecutorPlan, FileResult, Settings, dispatch, engine_for, local_executor
 from .sampling import SamplingPlan
 from .schema import rows_frame, summary_frame
 from .sources import Source, discover
@@ -56,6 +56,8 @@ class Options:
     #: Analyse in separate worker processes, so a decoder crash or hang cannot take the caller down. Default
     #: (None): only when `workers` > 1 or `file_timeout` is set; the CLI always isolates.
     isolate: bool | None = None
+    #: A Dask scheduler address ("tcp://host:8786"): analyse on that cluster instead of local workers.
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Job:
     workers: int
     file_timeout: float | None = None
     isolate: bool = False
+    scheduler: str | None = None
 
 
 def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLike] = ()) -> Job:
@@ -109,7 +112,31 @@ def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLi
     isolate = options.isolate
     if isolate is None:
         isolate = options.workers > 1 or options.file_timeout is not None
-    return Job(sources, settings, options.workers, options.file_timeout, isolate)
+    return Job(sources, settings, options.workers, options.file_timeout, isolate, options.scheduler or None)
+
+
+def make_executor(
+    job: Job, on_frame: Callable[[int], None] | None = None, quiet: bool = True
+) -> ExecutorPlan:
+    """Where the job's files are analysed: a Dask cluster, isolated local workers, or this process.
+
+    Raises ConfigError when the cluster cannot be used.
+    """
+    if job.scheduler:
+        from .cluster import ClusterUnavailable, dask_executor
+
+        try:
+            return dask_executor(job.scheduler, job.settings)
+        except ClusterUnavailable as exc:
+            raise ConfigError(str(exc)) from exc
+    return local_executor(
+        job.settings,
+        job.workers,
+        isolate=job.isolate,
+        file_timeout=job.file_timeout,
+        on_frame=on_frame,
+        quiet=quiet,
+    )
 
 
 def _check_pinned_detector(kind: str, path: Path, sha256: str) -> None:
@@ -127,13 +154,7 @@ def iter_results(
     """Run a prepared job, yielding each file's result as it completes (not necessarily in source order)."""
     progress = progress or NoProgress()
     progress.start(len(job.sources))
-    plan = local_executor(
-        job.settings,
-        job.workers,
-        isolate=job.isolate,
-        file_timeout=job.file_timeout,
-        on_frame=progress.frames,
-    )
+    plan = make_executor(job, on_frame=progress.frames)
     streamed = plan.frame_hook is not None
     try:
         for result in dispatch(
@@ -143,13 +164,9 @@ def iter_results(
                 progress.frames(int(result.summary.get("frames_sampled") or 0))
             progress.file_done(result)
             yield result
-        plan.executor.shutdown(wait=True)
+        plan.finish()
     finally:
-        terminate = getattr(plan.executor, "terminate", None)
-        if terminate is not None:
-            terminate()  # no-op after a clean shutdown; kills workers if the caller stopped early
-        else:
-            plan.executor.shutdown(wait=False, cancel_futures=True)
+        plan.abort()  # a no-op after finish(); stops the workers if the caller stopped early
         progress.close()
 
 
@@ -162,7 +179,8 @@ def analyze(
     """Analyse files and folders; return one row per face per sampled frame (see `schema.ROW_COLUMNS`).
 
     Keyword options are the fields of `Options` (fps, every, start, end, max_frames, detector, detector_model,
-    model, min_face, score_threshold, annotate, workers, include, exclude, file_timeout, max_pixels, isolate). The per-file summary is attached
+    model, min_face, score_threshold, annotate, workers, include, exclude, file_timeout, max_pixels, isolate,
+    scheduler). The per-file summary is attached
     as `df.attrs["summary"]`. Raises `ConfigError` when the run cannot start; problems with single files are
     recorded in the summary instead.
     """

@@ -164,6 +164,12 @@ def main() -> None:
     help="Files processed in parallel, one process each.",
 )
 @_option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Analyse on this Dask cluster (e.g. tcp://host:8786; needs the dask extra) instead of local "
+    "workers; results, state store and resume work as locally.",
+)
+@_option(
     "--include", multiple=True, help="Only files matching this glob (relative path or name); repeatable."
 )
 @_option(
@@ -210,7 +216,6 @@ def analyze(
     from .interrupts import stop_on_signals
     from .locking import LockHeld, LockUnavailable, OutputLock
     from .progress import LogProgress, NoProgress, RichProgress
-    from .runner import local_executor
     from .sinks import OutputError
     from .state import StateError, StateStore
 
@@ -291,10 +296,11 @@ def analyze(
                     name,
                 )
 
+            try:
+                executor = api.make_executor(job, quiet=not verbose)
+            except api.ConfigError as exc:
+                raise click.UsageError(str(exc)) from exc
             with stop_on_signals(announce) as stop:
-                executor = local_executor(
-                    settings, job.workers, isolate=True, file_timeout=job.file_timeout, quiet=not verbose
-                )
                 done, not_started = run.execute(plan, executor, progress, should_stop=stop)
                 if stop():
                     log.warning(

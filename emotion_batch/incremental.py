@@ -292,13 +292,9 @@ class IncrementalRun:
                 progress.file_done(result)
                 for note in result.notes:
                     log.warning("%s: %s", result.source.source, note)
-            executor.executor.shutdown(wait=True)
+            executor.finish()
         finally:
-            terminate = getattr(executor.executor, "terminate", None)
-            if terminate is not None:
-                terminate()  # a no-op after a clean shutdown; stops workers on errors and a second Ctrl-C
-            else:
-                executor.executor.shutdown(wait=False, cancel_futures=True)
+            executor.abort()  # a no-op after finish(); stops workers on errors and a second Ctrl-C
             progress.close()
         return done, len(plan.process) - done
 

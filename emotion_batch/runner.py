@@ -126,17 +126,20 @@ class Engine:
     classifier: Classifier
 
 
-_engine: tuple[tuple[DetectorSpec, ModelCard], Engine] | None = None
+# Per thread: detectors keep per-call buffers, so two threads must not share one. Local and isolated workers
+# run one thread, so this is one engine per process; a Dask worker gets one per worker thread.
+_engines = threading.local()
 
 
 def engine_for(settings: Settings) -> Engine:
-    """This process's engine for the settings, created on first use (one ONNX session per process)."""
-    global _engine
+    """This thread's engine for the settings, created on first use (one ONNX session per worker)."""
     key = (settings.detector, settings.model)
-    if _engine is None or _engine[0] != key:
+    cached: tuple[tuple[DetectorSpec, ModelCard], Engine] | None = getattr(_engines, "value", None)
+    if cached is None or cached[0] != key:
         cv2.setNumThreads(1)  # parallelism comes from worker processes, not threads fighting over cores
-        _engine = (key, Engine(create_detector(settings.detector), Classifier(settings.model)))
-    return _engine[1]
+        cached = (key, Engine(create_detector(settings.detector), Classifier(settings.model)))
+        _engines.value = cached
+    return cached[1]
 
 
 def init_worker(settings: Settings) -> None:
@@ -188,6 +191,10 @@ def failure_result(source: Source, settings: Settings, exc: BaseException) -> Fi
         return error_result(source, settings, "timeout", str(exc))
     if isinstance(exc, WorkerCrashed):
         return error_result(source, settings, "crashed", str(exc))
+    if type(exc).__name__ == "KilledWorker":  # Dask: the task took down every worker it was tried on
+        return error_result(
+            source, settings, "crashed", f"Dask workers died while analysing this file: {exc}"
+        )
     return error_result(source, settings, "internal", f"worker failed: {type(exc).__name__}: {exc}")
 
 
@@ -304,12 +311,43 @@ class FrameCounter:
 
 @dataclass
 class ExecutorPlan:
-    """An executor with what to pass as each task's per-frame callback, and how many tasks to keep queued."""
+    """An executor with what to pass as each task's per-frame callback, and how many tasks to keep queued.
+
+    `finish()` after the last result, `abort()` on errors or a second Ctrl-C (both idempotent; abort after
+    finish does nothing), so callers need not know which kind of executor they hold.
+    """
 
     executor: Executor
     frame_hook: FrameCallback | None
     window: int
     frames: FrameCounter | None = None
+    #: Called once the executor is shut down (e.g. to close a Dask client).
+    on_close: Callable[[], None] | None = None
+    _closed: bool = field(default=False, init=False, repr=False)
+
+    def finish(self) -> None:
+        """Wait for the executor to wind down cleanly."""
+        if not self._closed:
+            self.executor.shutdown(wait=True)
+            self._close()
+
+    def abort(self) -> None:
+        """Stop now: kill isolated workers, cancel what an executor allows to cancel."""
+        if self._closed:
+            return
+        terminate = getattr(self.executor, "terminate", None)
+        try:
+            if terminate is not None:
+                terminate()
+            else:
+                self.executor.shutdown(wait=False)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        if self.on_close is not None:
+            self.on_close()
 
 
 def local_executor(
