@@ -22,7 +22,7 @@ from .cli_runs import (
     wait_for_lock_holder,
     worker_with_open_file,
 )
-from .media_factory import no_face_bgr
+from .media_factory import no_face_bgr, write_moving_face_video
 
 pytestmark = pytest.mark.slow
 
@@ -217,11 +217,17 @@ def test_a_stop_signal_finishes_the_files_in_flight_and_the_rerun_completes(
     assert out.read_bytes() == reference.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Long enough (10 s, analysed frame by frame) for a test to catch its worker in the act on any machine."""
+    return write_moving_face_video(tmp_path_factory.mktemp("long") / "long.mp4", seconds=10).path
+
+
 @pytest.fixture
-def long_and_short(tmp_path: Path, moving_face_video, astronaut_jpg: Path) -> Path:
+def long_and_short(tmp_path: Path, long_video: Path, astronaut_jpg: Path) -> Path:
     root = tmp_path / "inputs"
     root.mkdir()
-    shutil.copy(moving_face_video.path, root / "a_long.mp4")
+    shutil.copy(long_video, root / "a_long.mp4")
     shutil.copy(astronaut_jpg, root / "b_photo.jpg")
     return root
 
