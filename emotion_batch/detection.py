@@ -292,7 +292,8 @@ def _yunet_session(path: Path) -> ort.InferenceSession:
 
 
 class YuNetDetector:
-    """YuNet on onnxruntime with FaceDetectorYN's pre/post-processing; one instance per worker process."""
+    """YuNet on onnxruntime with FaceDetectorYN's pre/post-processing; one instance per worker process (it
+    reuses its input buffer, so one thread at a time)."""
 
     top_k = 5000
 

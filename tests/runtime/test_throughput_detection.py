@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from emotion_batch import detection
 from emotion_batch.detection import (
     Detection,
     OpenCVYuNetDetector,
@@ -65,3 +66,13 @@ def test_same_faces_as_cv2_face_detector_yn(yunet_path: Path, working_width: int
             assert a.score == pytest.approx(b.score, abs=1e-3)
         total += len(want)
     assert total > 30
+
+
+def test_falls_back_to_cv2_when_onnxruntime_cannot_run_the_file(yunet_path: Path, monkeypatch) -> None:
+    def refuse(path: Path):
+        raise ValueError("not a YuNet model: no outputs ['cls_8']")
+
+    monkeypatch.setattr(detection, "_yunet_session", refuse)
+    detector = create_detector(resolve_detector("yunet", yunet_path))
+    assert isinstance(detector, OpenCVYuNetDetector)
+    assert len(detector.detect(astronaut_bgr())) == 1
