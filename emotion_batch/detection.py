@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +293,8 @@ def _yunet_session(path: Path) -> ort.InferenceSession:
 
 
 class YuNetDetector:
-    """YuNet on onnxruntime with FaceDetectorYN's pre/post-processing; one instance per worker process (it
-    reuses its input buffer, so one thread at a time)."""
+    """YuNet on onnxruntime with FaceDetectorYN's pre/post-processing; one instance per worker process, safe to
+    share between threads (onnxruntime sessions are; the input buffer is per thread)."""
 
     top_k = 5000
 
@@ -304,17 +305,18 @@ class YuNetDetector:
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise DetectorUnavailable(f"cannot load YuNet from {spec.path}: {exc}") from exc
         self._input_name = self._session.get_inputs()[0].name
-        self._blob = np.zeros((1, 3, 32, 32), dtype=np.float32)
+        self._buffers = threading.local()
 
     def _input(self, small: np.ndarray) -> np.ndarray:
-        """The padded NCHW float blob, reusing one buffer per input size (the padding stays zero)."""
+        """The padded NCHW float blob, in a buffer reused while the input size stays (the padding stays zero)."""
         height, width = small.shape[:2]
         pad_h, pad_w = -(-height // 32) * 32, -(-width // 32) * 32
-        if self._blob.shape[2:] != (pad_h, pad_w):
-            self._blob = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
-        for plane, channel in zip(self._blob[0], cv2.split(small)):
+        blob = getattr(self._buffers, "blob", None)
+        if blob is None or blob.shape[2:] != (pad_h, pad_w):
+            blob = self._buffers.blob = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
+        for plane, channel in zip(blob[0], cv2.split(small)):
             np.copyto(plane[:height, :width], channel, casting="unsafe")  # uint8 -> float32, no scaling
-        return self._blob
+        return blob
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         small, back = _working_copy(image, self.spec.working_width)

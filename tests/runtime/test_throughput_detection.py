@@ -76,3 +76,14 @@ def test_falls_back_to_cv2_when_onnxruntime_cannot_run_the_file(yunet_path: Path
     detector = create_detector(resolve_detector("yunet", yunet_path))
     assert isinstance(detector, OpenCVYuNetDetector)
     assert len(detector.detect(astronaut_bgr())) == 1
+
+
+def test_one_detector_shared_by_threads(yunet_path: Path) -> None:
+    """Several files analysed by threads of one process (e.g. a Dask worker) can share the detector."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    detector = YuNetDetector(resolve_detector("yunet", yunet_path))
+    images = [cv2.imread(str(p)) for p in photos()] * 3
+    alone = [detector.detect(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(detector.detect, images)) == alone
