@@ -313,7 +313,9 @@ def analyze(
                         out,
                     )
                     sys.exit(EXIT_INTERRUPTED)
-            outcome = run.finish(plan, done)
+                outcome = run.finish(plan, done)  # a first signal now waits for the (short) assembly
+                if stop.signal_name:  # arrived while the outputs were being written: they are complete
+                    log.warning("%s received; the outputs were completed first", stop.signal_name)
     except KeyboardInterrupt:
         log.warning(
             "stopped at once: files that had finished are saved in %s, the ones in progress will be redone; %s "

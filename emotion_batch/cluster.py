@@ -23,8 +23,6 @@ log = logging.getLogger("emotion_batch")
 
 #: Environment variable naming the scheduler, like the --scheduler option.
 SCHEDULER_ENV = "EMOTION_BATCH_SCHEDULER"
-#: Seconds to wait for the scheduler before giving up.
-CONNECT_TIMEOUT_S = 30
 
 
 class ClusterUnavailable(Exception):
@@ -38,7 +36,9 @@ def dask_executor(address: str, settings: Settings) -> ExecutorPlan:
     except ImportError as exc:
         raise ClusterUnavailable("--scheduler needs Dask: pip install 'emotion-batch[dask]'") from exc
     try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        # The connection timeout is Dask's own setting (distributed.comm.timeouts.connect, default 30 s; e.g.
+        # DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s), like every other Dask tool.
+        client = Client(address, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise ClusterUnavailable(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     threads = sum(client.nthreads().values())
