@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_batch.classification import bundled_model_path
 from emotion_batch.schema import EMOTIONS, ROW_COLUMNS, SUMMARY_COLUMNS
 
 from .environment import run_cli, shared_path
@@ -23,25 +22,9 @@ TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (DEBUG|INFO|
 
 
 @pytest.fixture(scope="module")
-def env(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {
-        "EMOTION_BATCH_DETECTOR_MODEL": str(yunet_path),
-        "EMOTION_BATCH_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-    }
-
-
-@pytest.fixture(scope="module")
-def model_args(request: pytest.FixtureRequest) -> list[str]:
-    """The bundled model when it exists (the real thing), else the tiny contract model (needs onnx)."""
-    if bundled_model_path().is_file():
-        return []
-    return ["--model", str(request.getfixturevalue("tiny_model"))]
-
-
-@pytest.fixture(scope="module")
-def mixed_run(mixed_folder: Path, env, model_args, tmp_path_factory: pytest.TempPathFactory):
+def mixed_run(mixed_folder: Path, cli_env, model_args, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("out") / "results.csv"
-    result = run_cli(mixed_folder, "--out", out, *model_args, env=env)
+    result = run_cli(mixed_folder, "--out", out, *model_args, env=cli_env)
     return result, out
 
 
@@ -154,11 +137,11 @@ def test_astronaut_is_happy_with_the_bundled_model(mixed_run, bundled_model: Pat
 
 
 def test_rerun_with_workers_gives_identical_files(
-    mixed_folder: Path, mixed_run, env, model_args, tmp_path
+    mixed_folder: Path, mixed_run, cli_env, model_args, tmp_path
 ) -> None:
     _, first = mixed_run
     out = tmp_path / "results.csv"
-    result = run_cli(mixed_folder, "--out", out, "--workers", "2", "--no-charts", *model_args, env=env)
+    result = run_cli(mixed_folder, "--out", out, "--workers", "2", "--no-charts", *model_args, env=cli_env)
     assert result.returncode == 1
     assert out.read_bytes() == first.read_bytes()
     drop = ["elapsed_s"]
@@ -168,13 +151,13 @@ def test_rerun_with_workers_gives_identical_files(
     )
 
 
-def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, env, model_args, tmp_path) -> None:
+def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, cli_env, model_args, tmp_path) -> None:
     pytest.importorskip("pyarrow")
     out = tmp_path / "r.parquet"
     log_file = tmp_path / "run.log"
     result = run_cli(
         mixed_folder, "--out", out, "--annotate", tmp_path / "ann", "--log-file", log_file, "--quiet",
-        "--exclude", "not_a_video.mp4", *model_args, env={**env, "EMOTION_BATCH_FPS": "5"},
+        "--exclude", "not_a_video.mp4", *model_args, env={**cli_env, "EMOTION_BATCH_FPS": "5"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert " INFO " not in result.stderr  # --quiet: warnings and errors only
@@ -202,13 +185,13 @@ def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, env, 
         (["--fps", "0"], "Invalid value for '--fps'"),
     ],
 )
-def test_usage_errors_exit_2(mixed_folder: Path, env, model_args, tmp_path, args, message) -> None:
+def test_usage_errors_exit_2(mixed_folder: Path, cli_env, model_args, tmp_path, args, message) -> None:
     if "haar" in args:
         import cv2
 
         if hasattr(cv2, "CascadeClassifier"):
             pytest.skip("this OpenCV has Haar cascades")
-    result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", *args, *model_args, env=env)
+    result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", *args, *model_args, env=cli_env)
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "r.csv").exists()
@@ -226,20 +209,20 @@ def test_usage_errors_exit_2(mixed_folder: Path, env, model_args, tmp_path, args
         ),
     ],
 )
-def test_configuration_errors_exit_2(mixed_folder: Path, env, tmp_path, make_args, message) -> None:
-    result = run_cli(*make_args(mixed_folder, tmp_path), env=env)
+def test_configuration_errors_exit_2(mixed_folder: Path, cli_env, tmp_path, make_args, message) -> None:
+    result = run_cli(*make_args(mixed_folder, tmp_path), env=cli_env)
     assert result.returncode == 2
     assert message in result.stderr
 
 
-def test_model_without_card_is_a_usage_error(mixed_folder: Path, env, tmp_path: Path) -> None:
+def test_model_without_card_is_a_usage_error(mixed_folder: Path, cli_env, tmp_path: Path) -> None:
     lonely = tmp_path / "lonely.onnx"
     lonely.write_bytes(b"the card is looked for before the model is loaded")
-    result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", "--model", lonely, env=env)
+    result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", "--model", lonely, env=cli_env)
     assert result.returncode == 2 and "model card not found" in result.stderr
 
 
-def test_terminal_gets_progress_and_a_summary_table(mixed_folder: Path, env, model_args, tmp_path) -> None:
+def test_terminal_gets_progress_and_a_summary_table(mixed_folder: Path, cli_env, model_args, tmp_path) -> None:
     import shutil
 
     exe = shutil.which("emotion-batch")
@@ -248,7 +231,7 @@ def test_terminal_gets_progress_and_a_summary_table(mixed_folder: Path, env, mod
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [exe, mixed_folder, "--out", tmp_path / "r.csv", "--no-charts", *model_args],
-        stdout=subprocess.PIPE, stderr=follower, env={**os.environ, **env, "COLUMNS": "160"},
+        stdout=subprocess.PIPE, stderr=follower, env={**os.environ, **cli_env, "COLUMNS": "160"},
     )  # fmt: skip
     os.close(follower)
     chunks = []
@@ -276,11 +259,11 @@ def test_help_and_version() -> None:
     assert run_cli("--version").stdout.startswith("emotion-batch")
 
 
-def test_shared_media_run(env, model_args, tmp_path: Path) -> None:
+def test_shared_media_run(cli_env, model_args, tmp_path: Path) -> None:
     """The real videos and photos of ../shared/media: every file is analysed; the negatives have no face."""
     media = shared_path("media")
     out = tmp_path / "results.csv"
-    result = run_cli(media, "--out", out, *model_args, env=env, timeout=600)
+    result = run_cli(media, "--out", out, *model_args, env=cli_env, timeout=600)
     assert result.returncode == 0, result.stderr
     summary = pd.read_csv(tmp_path / "results_summary.csv").set_index("source")
     assert (summary["status"] == "ok").all()
