@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion_batch.sampling import Frame, FrameSampler, SamplingPlan, prefetched
+from emotion_batch.sampling import DECODER_THREADS_ENV, Frame, FrameSampler, SamplingPlan, prefetched
 
 from .environment import SHARED
 from .media_factory import write_indexed_video
@@ -107,3 +107,14 @@ def test_the_producer_stays_at_most_depth_ahead() -> None:
     time.sleep(0.3)  # give the producer every chance to run ahead
     assert len(produced) <= 1 + 2 + 1  # the one consumed, the queue, and one waiting to be put
     assert [f.index for f in frames] == list(range(1, 10))
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "0", "not a number"])
+def test_decoder_threads_change_nothing_but_speed(
+    indexed_video: Path, vfr_video, monkeypatch, threads
+) -> None:
+    for path in (indexed_video, vfr_video[0]):
+        monkeypatch.delenv(DECODER_THREADS_ENV, raising=False)
+        default = frames_of(path, 2, fps=5)
+        monkeypatch.setenv(DECODER_THREADS_ENV, threads)
+        assert frames_of(path, 2, fps=5) == default
