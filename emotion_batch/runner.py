@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 FrameCallback = Callable[[int], None]
 
 #: Bump when a code change alters the rows for the same model and settings, so state stores reprocess.
-ROWS_FORMAT = 1
+ROWS_FORMAT = 2
 
 
 @dataclass(frozen=True)
