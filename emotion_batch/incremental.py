@@ -88,21 +88,11 @@ class OutputPaths:
                 raise OutputError(f"output folder does not exist: {folder}")
             _probe(folder)
         if self.charts is not None:
-            try:
-                self.charts.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot create the charts folder {self.charts}: {exc.strerror or exc}"
-                ) from exc
+            _make_folder(self.charts, "charts folder")
             _probe(self.charts)
 
     def prepare_state_dir(self) -> None:
-        try:
-            self.shards.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(
-                f"cannot create the state folder {self.state_dir}: {exc.strerror or exc}"
-            ) from exc
+        _make_folder(self.shards, "state folder")
 
     def remove_stale_temporaries(self) -> int:
         """Temporary files of runs that were killed (safe: we hold the lock, nobody else is writing)."""
@@ -148,6 +138,13 @@ class Outcome:
     interrupted: bool = False
     not_started: int = 0
     rewritten: bool = True
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the {what} {folder}: {exc.strerror or exc}") from exc
 
 
 def _probe(folder: Path) -> None:

@@ -196,15 +196,10 @@ class StateStore:
             self._db.execute("ROLLBACK")
 
     def _write(self, sql: str, params: tuple) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(sql, params)
-            self._db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            self._rollback()
-            raise StateError(f"cannot update the state store {self.path}: {exc}") from exc
+        self._write_many(sql, [params])
 
     def _write_many(self, sql: str, params: list[tuple]) -> None:
+        """One immediate transaction for all rows, so a kill leaves either all of them or none."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(sql, params)

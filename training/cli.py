@@ -127,7 +127,7 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                         head_lr=head_lr, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                         fine_tune_layers=fine_tune_layers, label_smoothing=label_smoothing,
                         class_weight=class_weight, augment=augment, patience=patience, seed=seed)
-    spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None  # noqa: E731
+    spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None
     config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
                        val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,
                        command=["emotion-train", *sys.argv[1:]])

@@ -31,7 +31,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[
     valid_auc = [v for v in auc.values() if v is not None]
     return {
         "split": split,
-        "n": int(len(targets)),
+        "n": len(targets),
         "accuracy": float(skm.accuracy_score(targets, predicted)),
         "macro_f1": float(skm.f1_score(targets, predicted, labels=classes, average="macro", zero_division=0)),
         "macro_roc_auc": float(np.mean(valid_auc)) if valid_auc else None,

@@ -105,7 +105,7 @@ def export_onnx(classifier, path: Path, check_images: np.ndarray, flip_tta: bool
             return {
                 "max_abs_diff": max_diff,
                 "tolerance": PARITY_TOLERANCE,
-                "images": int(len(check_images)),
+                "images": len(check_images),
                 "argmax_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
                 "transpose_optimizer": not skip_transpose,
                 "opset": opset,

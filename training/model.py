@@ -77,7 +77,7 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     return keras.Model(inputs, outputs, name=CLASSIFIER_NAME)
 
 
-def build_augmenter(image_size: int, strength: float = 1.0, seed: int | None = None) -> keras.Sequential:
+def build_augmenter(strength: float = 1.0, seed: int | None = None) -> keras.Sequential:
     """Random geometric and photometric changes, active only in training; Keras layers so any backend runs them."""
     s = strength
     return keras.Sequential(

@@ -282,7 +282,7 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
              ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)))
 
     classifier = build_classifier(config.model)
-    model = build_training_model(classifier, build_augmenter(config.model.image_size, config.augment))
+    model = build_training_model(classifier, build_augmenter(config.augment))
     compiled_stage = 0
     for stage, stage_end in ((1, config.stage1_epochs), (2, config.epochs)):
         if state.epochs_done >= stage_end or (stage == 2 and state.stopped_early):

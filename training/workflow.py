@@ -13,14 +13,22 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from . import evaluate as ev
-from .data import Dataset, DatasetError, class_folders, list_images, load_folder, stratified_split, typical_side
+from .data import (
+    Dataset,
+    DatasetError,
+    class_folders,
+    list_images,
+    load_folder,
+    stratified_split,
+    typical_side,
+)
 from .train import RunDir, TrainConfig, fit, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        spec = lambda d: DataSpec(**d) if d else None  # noqa: E731
+        spec = lambda d: DataSpec(**d) if d else None
         return cls(
             train=TrainConfig.from_dict(data["train"]),
             data=DataSpec(**data["data"]),
@@ -243,7 +251,7 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
         weights_info["sha256"] = file_sha256(Path(weights))
     card = {
         "format": CARD_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": splits["train"].labels,
         "input": {
             "name": "image",
