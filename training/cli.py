@@ -3,6 +3,7 @@
     emotion-train DATA_DIR --out RUN_DIR [options]     train, export to ONNX, evaluate (the default step)
     emotion-train export RUN_DIR                       re-export best.keras -> model.onnx with a parity check
     emotion-train evaluate RUN_DIR [--test DIR]        measure model.onnx, rewrite metrics.json and the card
+    emotion-train ensemble RUN_DIR RUN_DIR... --out D  average exported runs inside one ONNX graph
 """
 
 from __future__ import annotations
@@ -174,6 +175,44 @@ def evaluate_command(run_dir: Path, test_dir: Path | None, test_pattern: str | N
     except DatasetError as exc:
         _fail(exc)
     _print_result(run_dir, results)
+
+
+@main.command("ensemble")
+@click.argument("run_dirs", metavar="RUN_DIR RUN_DIR [...]", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the ensemble's model.onnx, model.json, metrics.json and plots.")
+@click.option("--weight", "weights", multiple=True, type=click.FloatRange(0, min_open=True),
+              help="One per RUN_DIR, in order (normalised to sum 1). Default: equal weights.")
+@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Validation folder to evaluate the ensemble on (its images also serve the parity check).")
+@click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
+@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Test folder to evaluate the ensemble on.")
+@click.option("--test-pattern", help="Only --test files whose name matches this glob (e.g. 'PrivateTest_*').")
+@click.option("-v", "--verbose", is_flag=True)
+def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[float, ...], val_dir: Path | None,
+                     val_pattern: str | None, test_dir: Path | None, test_pattern: str | None,
+                     verbose: bool) -> None:
+    """Average the exported models of RUN_DIRs inside one ONNX graph (checked within 1e-5), then evaluate."""
+    from .ensemble import EnsembleError, ensemble_run
+
+    if len(run_dirs) < 2:
+        raise click.BadParameter("an ensemble needs at least two runs", param_hint="RUN_DIR")
+    if weights and len(weights) != len(run_dirs):
+        raise click.BadParameter(f"{len(weights)} values for {len(run_dirs)} runs; give one per RUN_DIR or none",
+                                 param_hint="--weight")
+    if (out_dir / "config.json").exists():
+        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
+    _setup_logging(out_dir / "ensemble.log", verbose)
+    spec = lambda d, p: (d.resolve(), p) if d else None
+    try:
+        results, parity = ensemble_run(run_dirs, out_dir, weights or None, spec(val_dir, val_pattern),
+                                       spec(test_dir, test_pattern), command=["emotion-train", *sys.argv[1:]])
+    except (DatasetError, EnsembleError) as exc:
+        _fail(exc)
+    click.echo(f"parity: max |ensemble - weighted mean| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
+    _print_result(out_dir, results)
 
 
 def _print_result(run_dir: Path, results: dict) -> None:
