@@ -102,6 +102,8 @@ def main() -> None:
               help="Loss weights against class imbalance.")
 @click.option("--augment", type=click.FloatRange(0, 3), default=1.0, show_default=True,
               help="Augmentation strength (0 = none).")
+@click.option("--erasing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Probability of random erasing: a noise patch over 2-25% of the image.")
 @click.option("--bn-momentum", type=click.FloatRange(0, 1), default=0.99, show_default=True)
 @click.option("--patience", type=click.IntRange(0), default=8, show_default=True,
               help="Stop fine-tuning after N epochs without a better val accuracy (0 = never).")
@@ -113,7 +115,7 @@ def main() -> None:
 def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, train_pattern, val_pattern,
                   test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
                   fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
-                  dropout, l2, class_weight, augment, bn_momentum, patience, tta, seed, resume, verbose) -> None:
+                  dropout, l2, class_weight, augment, erasing, bn_momentum, patience, tta, seed, resume, verbose) -> None:
     """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
@@ -127,7 +129,7 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
     train = TrainConfig(model=model, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,
                         head_lr=head_lr, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                         fine_tune_layers=fine_tune_layers, label_smoothing=label_smoothing,
-                        class_weight=class_weight, augment=augment, patience=patience, seed=seed)
+                        class_weight=class_weight, augment=augment, erasing=erasing, patience=patience, seed=seed)
     spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None
     config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
                        val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,

@@ -49,6 +49,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight: str = "sqrt"
     augment: float = 1.0
+    erasing: float = 0.0  # probability of blanking a random patch with noise (occlusion robustness)
     patience: int = 8  # epochs without a better val accuracy before stage 2 stops
     seed: int = 42
 
@@ -282,7 +283,7 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
              ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)))
 
     classifier = build_classifier(config.model)
-    model = build_training_model(classifier, build_augmenter(config.augment))
+    model = build_training_model(classifier, build_augmenter(config.augment, erasing=config.erasing))
     compiled_stage = 0
     for stage, stage_end in ((1, config.stage1_epochs), (2, config.epochs)):
         if state.epochs_done >= stage_end or (stage == 2 and state.stopped_early):
