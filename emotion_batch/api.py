@@ -18,7 +18,7 @@ from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESH
 from .detection import DetectorUnavailable, resolve_detector
 from .fetch import YUNET_SHA256, cached_yunet_path
 from .progress import NoProgress, Progress, TqdmProgress
-from .runner import ExecutorPlan, FileResult, Settings, dispatch, engine_for, local_executor
+from .runner import ExecutorPlan, FileResult, Settings, dispatch, engine_for, local_executor, prestart_workers
 from .sampling import SamplingPlan
 from .schema import rows_frame, summary_frame
 from .sources import Source, discover
@@ -104,14 +104,16 @@ def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLi
             annotate_dir=annotate_dir,
             max_pixels=options.max_pixels,
         )
+        isolate = options.isolate
+        if isolate is None:
+            isolate = options.workers > 1 or options.file_timeout is not None
+        if isolate and not options.scheduler:
+            prestart_workers(settings, options.workers)
         engine_for(settings)
         ignored = [*ignore, *([annotate_dir] if annotate_dir else [])]
         sources = discover(paths, include=options.include, exclude=options.exclude, ignore=ignored)
     except (ValueError, DetectorUnavailable, ModelUnavailable, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from exc
-    isolate = options.isolate
-    if isolate is None:
-        isolate = options.workers > 1 or options.file_timeout is not None
     return Job(sources, settings, options.workers, options.file_timeout, isolate, options.scheduler or None)
 
 

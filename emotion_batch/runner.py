@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -38,9 +39,9 @@ from .inspection import (
     hint_for_decode_failure,
     inspect,
 )
-from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames
+from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames, start_fork_server
 from .reports import file_stats
-from .sampling import FrameSampler, MediaError, SamplingPlan
+from .sampling import DECODER_THREADS_ENV, FrameSampler, MediaError, SamplingPlan
 from .schema import EMOTIONS, rows_frame
 from .sources import Source, display_name
 from .tracking import FaceTracker
@@ -350,6 +351,27 @@ class ExecutorPlan:
             self.on_close()
 
 
+#: What a worker needs, imported once by the fork server instead of by every worker (see isolation.py).
+WORKER_MODULES = ("emotion_batch.runner",)
+
+
+def worker_environment(settings: Settings, workers: int) -> dict[str, str]:
+    """Environment variables for local workers; the user's own settings of them win."""
+    environment = {}
+    if "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:  # OpenCV's own limit, for formats not measured here
+        environment["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(settings.max_pixels)
+    if workers > 1 and DECODER_THREADS_ENV not in os.environ:
+        # Every worker already decodes in its own thread beside detection; FFmpeg's extra frame threads only
+        # add hand-off overhead when the cores are busy (a third less decode CPU here, see sampling.py).
+        environment[DECODER_THREADS_ENV] = "1"
+    return environment
+
+
+def prestart_workers(settings: Settings, workers: int) -> None:
+    """Start what local workers fork from now, so its imports overlap the caller's own preparation."""
+    start_fork_server(WORKER_MODULES, worker_environment(settings, workers))
+
+
 def local_executor(
     settings: Settings,
     workers: int,
@@ -362,12 +384,7 @@ def local_executor(
     """This machine's executor: isolated worker processes, or this process when `isolate` is false."""
     if not isolate:
         return ExecutorPlan(InlineExecutor(), on_frame, 1)
-    import os
-
     frames = FrameCounter()
-    environment = {}
-    if "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:  # OpenCV's own limit, for formats not measured here
-        environment["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(settings.max_pixels)
     executor = IsolatedExecutor(
         workers,
         initializer=init_worker,
@@ -375,9 +392,26 @@ def local_executor(
         task_timeout=file_timeout,
         on_frames=frames.add,
         quiet=quiet,
-        environment=environment,
+        environment=worker_environment(settings, workers),
+        preload=WORKER_MODULES,
     )
     return ExecutorPlan(executor, report_frames, 2 * workers, frames)
+
+
+def expected_cost(source: Source) -> int:
+    """A rough measure of a file's work, for starting the biggest files first.
+
+    With several workers, a long video started last keeps one core busy while the others idle; starting the
+    largest files first (longest-processing-time-first scheduling) evens out the finish. Videos cost far more
+    than images, and a video's size tracks its decoding work (bitrate times duration).
+    """
+    if source.skip_reason:
+        return 0
+    try:
+        size = source.path.stat().st_size
+    except OSError:
+        return 0
+    return size * (64 if source.media_type == "video" else 1)
 
 
 def dispatch(
@@ -389,12 +423,12 @@ def dispatch(
     should_stop: Callable[[], bool] = lambda: False,
     poll_s: float = 0.2,
 ) -> Iterator[FileResult]:
-    """Run `process_file` for each source on the plan's executor; yield results as they complete.
+    """Run `process_file` for each source on the plan's executor, largest first; yield results as they complete.
 
     At most `plan.window` tasks are submitted ahead. When `should_stop()` turns true, nothing more is
     submitted, queued tasks are cancelled and only the files already being analysed are waited for and yielded.
     """
-    todo = deque(sources)
+    todo = deque(sorted(sources, key=expected_cost, reverse=True))
     pending: dict[Future, tuple[int, Source]] = {}
     order = {s.source: i for i, s in enumerate(sources)}
     stopping = False

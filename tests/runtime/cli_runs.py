@@ -82,13 +82,33 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def is_worker(pid: int) -> bool:
-    """A spawned multiprocessing child that is not the resource tracker."""
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren and so on of `pid`: the fork server, the workers it forked, the resource tracker."""
+    found, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
     try:
-        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def is_worker(pid: int) -> bool:
+    """A worker process: spawned (`spawn_main`), or forked by the fork server (whose command line it shares)."""
+    if b"spawn_main" in _cmdline(pid):
+        return True
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
     except OSError:
         return False
-    return b"spawn_main" in cmdline
+    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+    return b"forkserver" in _cmdline(pid) and b"forkserver" in _cmdline(ppid)
 
 
 def open_files(pid: int) -> list[str]:
@@ -108,7 +128,7 @@ def worker_with_open_file(parent: int, name: str, timeout: float = 120) -> int:
     """Wait until a worker of `parent` has a file ending in `name` open (it is analysing it); return its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in children(parent):
+        for pid in descendants(parent):
             if is_worker(pid) and any(f.endswith(name) for f in open_files(pid)):
                 return pid
         time.sleep(0.01)

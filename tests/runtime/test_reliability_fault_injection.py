@@ -25,7 +25,7 @@ import cv2
 import pandas as pd
 import pytest
 
-from .cli_runs import alive, children, comparable_summary, run, start
+from .cli_runs import alive, comparable_summary, descendants, run, start
 from .environment import SHARED
 from .media_factory import no_face_bgr
 
@@ -127,7 +127,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_results(
         proc = start(media_folder, "--out", out, *common, env=cli_env)
         log: list[str] = []
         where = _kill_point(proc, rng, log)
-        workers = children(proc.pid)
+        workers = descendants(proc.pid)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             landed.append(where)
