@@ -257,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "OpenCV's default)",
     )
     parser.add_argument("--no-recall", action="store_true", help="skip the face-recall measurement")
+    parser.add_argument("--working-width", type=int, help="the pipeline's detection width (default: its own)")
     parser.add_argument("--model", type=Path, help="emotion model .onnx (default: bundled)")
     parser.add_argument(
         "--detector-model", type=Path, help="YuNet file (default: usual lookup, then shared/)"
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         model=args.model,
         detector_model=args.detector_model,
+        **({"working_width": args.working_width} if args.working_width else {}),
         isolate=True,  # as the command runs: files analysed in worker processes, even with one worker
     )
     job = api.prepare([args.folder], options)
@@ -331,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(videos)} videos, {frames} frames, {video_s:.1f} s of video; {sampling}, {args.workers} worker(s)"
         + (f", median of {args.repeat}" if args.repeat > 1 else "")
     )
-    threads = os.environ.get("EMOTION_BATCH_DECODER_THREADS") or "OpenCV default"
+    threads = os.environ.get("EMOTION_BATCH_DECODER_THREADS") or ("1" if args.workers > 1 else "OpenCV default")
     print(
         f"  detector {settings.detector.name}, model {settings.model.name}, cores {os.cpu_count()}, "
-        f"pipeline decoder threads {threads}"
+        f"working width {settings.detector.working_width} px, pipeline decoder threads {threads}"
     )
     print(f"  decode only : {decode_wall:6.2f} s wall  {video_s / decode_wall:6.1f}x real time  "
           f"{frames / decode_wall:7.1f} decoded frames/s  "

@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import annotate
 from .classification import Classifier, ModelCard
+from .decoding import DECODER_THREADS_ENV
 from .defaults import DEFAULT_MAX_PIXELS
 from .detection import Detection, Detector, DetectorSpec, create_detector
 from .inspection import (
@@ -41,7 +42,7 @@ from .inspection import (
 )
 from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames, start_fork_server
 from .reports import file_stats
-from .sampling import DECODER_THREADS_ENV, FrameSampler, MediaError, SamplingPlan
+from .sampling import FrameSampler, MediaError, SamplingPlan
 from .schema import EMOTIONS, rows_frame
 from .sources import Source, display_name
 from .tracking import FaceTracker

@@ -1,19 +1,21 @@
-"""Turning a file into the frames to analyse, decoding sequentially and fully only the frames that are sampled.
+"""Turning a file into the frames to analyse, decoding sequentially and converting only the sampled frames.
 
-Videos are read front to back: `grab()` decodes every frame (decoding is the unavoidable floor), `retrieve()`
-converts only the sampled ones to BGR. Seeking with CAP_PROP_POS_FRAMES is never used: it is slow and
-frame-inaccurate. Timestamps come from the container (CAP_PROP_POS_MSEC) because phone videos have variable
-frame rates, so frame_index / fps is not a time.
+Videos are read front to back by a reader from `decoding` (never seeking: seeking is slow and frame-inaccurate),
+which gives every frame's index and container timestamp and converts to BGR only the frames sampled here.
+Timestamps come from the container because phone videos have variable frame rates, so frame_index / fps is not
+a time. When sampling by time, the sampler tells the reader the next time it wants, so the reader may skip
+decoding frames before it that no other frame refers to.
 
 Decoding overlaps with analysis: a video's frames are decoded by a background thread that stays at most
-`prefetch` sampled frames ahead of the consumer (OpenCV releases the GIL while it decodes). The decoding itself is
-unchanged - one thread, sequential, the same frames and timestamps - but a single long video keeps two cores
-busy (decoding, and detection plus classification) instead of alternating between them, and the bounded queue
-keeps memory flat.
+`prefetch` sampled frames ahead of the consumer (the decoders release the GIL while they decode). The decoding
+itself is unchanged - one thread, sequential, the same frames and timestamps - but a single long video keeps two
+cores busy (decoding, and detection plus classification) instead of alternating between them, and the bounded
+queue keeps memory flat.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import queue
@@ -25,36 +27,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .decoding import EPS, MediaError, VideoReader, open_reader
 from .defaults import DEFAULT_FPS, DEFAULT_PREFETCH
 
-# FFmpeg prints its own errors (e.g. "moov atom not found") straight to stderr, which would break the plain log
-# format cron relies on; each problem is reported as a MediaError instead. OpenCV reads this on first use of
-# FFmpeg; set OPENCV_FFMPEG_LOGLEVEL yourself (e.g. 32) to see FFmpeg's messages when debugging.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-# Tolerance when comparing a frame time with a sampling target: absorbs float noise in container timestamps.
-_EPS = 1e-4
-
-#: Decoding threads per video (FFmpeg frame threading). Unset or 0: OpenCV's default, one per core, which suits a
-#: single file being analysed; 1 suits runs where every core already has its own worker process: on 2 cores, 2
-#: workers over the shared videos at --fps 5 spent 2-12% less CPU and up to 11% less wall time with 1 (three A/B
-#: runs). A worker pool can set it in its workers' environment; decoding stays sequential either way.
-DECODER_THREADS_ENV = "EMOTION_BATCH_DECODER_THREADS"
-
-
-def _open_video(path: Path) -> cv2.VideoCapture:
-    try:
-        threads = max(0, int(os.environ.get(DECODER_THREADS_ENV) or 0))
-    except ValueError:
-        threads = 0
-    if threads:
-        return cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, threads])
-    return cv2.VideoCapture(str(path))
-
-
-class MediaError(Exception):
-    """A file that cannot be decoded as the media its extension promises; the message names the cause."""
-
+__all__ = ["Frame", "FrameSampler", "MediaError", "SamplingPlan", "prefetched"]
 
 @dataclass(frozen=True)
 class SamplingPlan:
@@ -161,6 +137,15 @@ def prefetched(frames: Iterator[Frame], depth: int) -> Iterator[Frame]:
         producer.join()
 
 
+def _sampled_after(before: float, now: float, *, start: float, rate: float) -> bool:
+    """Whether a frame at `now` that follows a frame at `before` could be sampled: a target time start + k / rate
+    lies in (before, now]. Errs towards yes (a 1%-of-a-step margin), since a wrong no would lose a sample."""
+    if now < start - EPS:
+        return False
+    margin = 0.01
+    return math.floor((now - start) * rate + margin) > math.floor((before - start) * rate - margin)
+
+
 class FrameSampler:
     """Iterates the sampled frames of one file and records what it saw (decoded frames, duration).
 
@@ -199,21 +184,17 @@ class FrameSampler:
         return Frame(index=0, timestamp_s=0.0, image=image)
 
     def _video(self) -> Iterator[Frame]:
-        cap = _open_video(self.path)
+        reader = open_reader(self.path, can_skip=self.plan.rate is not None)
         try:
-            if not cap.isOpened():
-                raise MediaError("cannot open as a video (not a video, or a corrupt or unsupported one)")
-            frames = self._sample(cap)
+            frames = self._sample(reader)
             yield from prefetched(frames, self.prefetch) if self.prefetch > 0 else frames
         finally:
-            cap.release()  # after `prefetched` has joined its thread
+            reader.close()  # after `prefetched` has joined its thread
 
-    def _sample(self, cap: cv2.VideoCapture) -> Iterator[Frame]:
+    def _sample(self, reader: VideoReader) -> Iterator[Frame]:
         plan = self.plan
-        meta_fps = cap.get(cv2.CAP_PROP_FPS)
-        meta_fps = meta_fps if math.isfinite(meta_fps) and 0 < meta_fps < 1000 else 0.0
         # Only used when the container gives no usable timestamp for a frame.
-        fallback_step = 1.0 / meta_fps if meta_fps else 1.0 / 25.0
+        fallback_step = 1.0 / reader.meta_fps if reader.meta_fps else 1.0 / 25.0
         start = plan.start or 0.0
         rate = plan.rate
         next_k = 0  # index of the next time target start + k / rate
@@ -221,44 +202,48 @@ class FrameSampler:
         sampled = 0
         prev_ts: float | None = None
         reached_end = True
+        seen = False
+        if rate is not None:
+            reader.skip_rule = functools.partial(_sampled_after, start=start, rate=rate)
 
-        index = -1
-        while cap.grab():
-            index += 1
-            ts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if not math.isfinite(ts) or ts < 0 or (prev_ts is not None and ts <= prev_ts):
+        for picture in reader.pictures():
+            seen = True
+            ts = picture.timestamp_s
+            if ts is None or not math.isfinite(ts) or ts < 0 or (prev_ts is not None and ts <= prev_ts):
                 ts = 0.0 if prev_ts is None else prev_ts + fallback_step
+                reader.skip_rule = None  # the container's times are not the sampler's: decode everything
             prev_ts = ts
-            self.frames_decoded = index + 1
+            self.frames_decoded = reader.frames_read
 
-            if ts < start - _EPS:
+            if ts < start - EPS:
                 continue
-            if plan.end is not None and ts > plan.end + _EPS:
+            if plan.end is not None and ts > plan.end + EPS:
                 reached_end = False
                 break
             if rate is not None:
-                take = ts + _EPS >= start + next_k / rate
+                take = ts + EPS >= start + next_k / rate
                 if take:
                     # Several targets may fall before this frame (sampling faster than the video): one frame.
-                    next_k = math.floor((ts + _EPS - start) * rate) + 1
+                    next_k = math.floor((ts + EPS - start) * rate) + 1
             else:
                 take = in_window % plan.every == 0  # type: ignore[operator]
             in_window += 1
             if not take:
                 continue
-            ok, image = cap.retrieve()
-            if not ok or image is None:
+            image = picture.image()
+            if image is None:
                 continue  # a damaged frame: skip it, keep the timeline going
-            yield Frame(index=index, timestamp_s=ts, image=image)
+            yield Frame(index=picture.index, timestamp_s=ts, image=image)
             sampled += 1
             if plan.max_frames is not None and sampled >= plan.max_frames:
                 reached_end = False
                 break
 
-        if index < 0:
+        self.frames_decoded = reader.frames_read
+        if not seen:
             raise MediaError("no decodable video frames")
         if reached_end and prev_ts is not None:
             self.duration_s = prev_ts + fallback_step
         else:
-            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-            self.duration_s = count / meta_fps if meta_fps and count > 0 else None
+            count = reader.frame_count
+            self.duration_s = count / reader.meta_fps if reader.meta_fps and count > 0 else None

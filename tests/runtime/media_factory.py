@@ -84,6 +84,20 @@ def write_indexed_video(path: Path, frames: int, fps: float = 25.0) -> None:
     writer.release()
 
 
+def write_bframe_video(path: Path, frames: int, fps: int = 25) -> None:
+    """An H.264 mp4 with B-frames (x264 via PyAV), frame i showing i in binary: the files decoders reorder."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.options = {"bframes": "3", "b-pyramid": "normal", "g": "50", "crf": "18"}
+        for i in range(frames):
+            picture = av.VideoFrame.from_ndarray(_index_image(i), format="bgr24")
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+
+
 # --- variable frame rate: rewrite the sample durations of an mp4 -----------------------------------------------
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
 
