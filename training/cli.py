@@ -4,6 +4,7 @@
     emotion-train export RUN_DIR                       re-export best.keras -> model.onnx with a parity check
     emotion-train evaluate RUN_DIR [--test DIR]        measure model.onnx, rewrite metrics.json and the card
     emotion-train ensemble RUN_DIR RUN_DIR... --out D  average exported runs inside one ONNX graph
+    emotion-train quantize SRC_DIR --out D --calibration DIR   an int8 copy, checked against the float model
 """
 
 from __future__ import annotations
@@ -214,6 +215,62 @@ def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[f
     except (DatasetError, EnsembleError) as exc:
         _fail(exc)
     click.echo(f"parity: max |ensemble - weighted mean| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
+    _print_result(out_dir, results)
+
+
+@main.command("quantize")
+@click.argument("src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the int8 model.onnx, model.json, metrics.json and plots.")
+@click.option("--calibration", "calibration_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder-per-class images to calibrate on (the training data).")
+@click.option("--calibration-pattern", help="Only --calibration files whose name matches this glob.")
+@click.option("--images", type=click.IntRange(1), default=1000, show_default=True,
+              help="Random calibration images drawn from --calibration.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the calibration draw.")
+@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Validation folder: float and int8 accuracy compared here (also the agreement check).")
+@click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
+@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Test folder to evaluate the int8 model on.")
+@click.option("--test-pattern", help="Only --test files whose name matches this glob.")
+@click.option("--max-drop", type=float, default=None,
+              help="Refuse when int8 val accuracy is more than this many points below float [default: 1.0; "
+                   "needs --val].")
+@click.option("-v", "--verbose", is_flag=True)
+def quantize_command(src_dir: Path, out_dir: Path, calibration_dir: Path, calibration_pattern: str | None,
+                     images: int, seed: int, val_dir: Path | None, val_pattern: str | None, test_dir: Path | None,
+                     test_pattern: str | None, max_drop: float | None, verbose: bool) -> None:
+    """Quantise SRC_DIR's model.onnx to int8 (static, QDQ); written only if it keeps val accuracy."""
+    from .quantize import DEFAULT_MAX_DROP, QuantizeError, quantize_model
+
+    for pattern, folder, name in ((val_pattern, val_dir, "val"), (test_pattern, test_dir, "test")):
+        if pattern and folder is None:
+            raise click.BadParameter(f"a pattern needs --{name} DIR", param_hint=f"--{name}-pattern")
+    if max_drop is not None and val_dir is None:
+        raise click.BadParameter("the accuracy check needs --val DIR", param_hint="--max-drop")
+    if out_dir.resolve() == src_dir.resolve():
+        raise click.BadParameter("writing over the float source; choose a new folder", param_hint="--out")
+    if (out_dir / "config.json").exists():
+        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
+    _setup_logging(None, verbose)  # no log file: a refused model leaves OUT_DIR untouched
+    spec = lambda d, p: (d.resolve(), p) if d else None
+    try:
+        results, section = quantize_model(
+            src_dir, out_dir, spec(calibration_dir, calibration_pattern), images, seed, spec(val_dir, val_pattern),
+            spec(test_dir, test_pattern), DEFAULT_MAX_DROP if max_drop is None else max_drop,
+            command=["emotion-train", *sys.argv[1:]])
+    except (DatasetError, QuantizeError) as exc:
+        _fail(exc)
+    check, speed = section["agreement"], section["ms_per_face"]
+    click.echo(f"int8 vs float on {check['images']} images: argmax agreement {check['argmax_agreement']:.4f}, "
+               f"max |diff| {check['max_abs_diff']:.3e}, mean |diff| {check['mean_abs_diff']:.3e}")
+    for name, acc in section["accuracy"].items():
+        click.echo(f"{name} accuracy: float {acc['float']:.4f}, int8 {acc['int8']:.4f} "
+                   f"(drop {acc['drop_points']:.2f} points)")
+    click.echo(f"ms per face (batch 1, one thread): float {speed['float']:.2f}, int8 {speed['int8']:.2f} "
+               f"({speed['speedup']:.2f}x); size {section['source']['size_bytes']} -> {section['size_bytes']} bytes")
     _print_result(out_dir, results)
 
 
