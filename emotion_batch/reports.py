@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from .schema import EMOTIONS
+from .schema import EMOTIONS, ROW_COLUMNS
 from .tracking import smooth
+
+if TYPE_CHECKING:  # pandas only for annotations: workers import this module and should not load pandas
+    import pandas as pd
 
 #: One fixed colour per emotion, so every chart reads the same way.
 EMOTION_COLOURS: dict[str, str] = {
@@ -31,17 +35,25 @@ MIN_TRACK_SAMPLES = 3
 MAX_TRACKS_PER_CHART = 6
 
 
-def file_stats(rows: pd.DataFrame) -> dict[str, object]:
-    """The summary numbers of one file's rows (see schema.SUMMARY_COLUMNS)."""
-    faces = rows[rows["n_faces"] > 0]
-    frames = rows.drop_duplicates("frame_index")
-    means = {f"mean_{e}": (float(faces[e].mean()) if len(faces) else np.nan) for e in EMOTIONS}
+_FRAME, _N_FACES, _TRACK = (ROW_COLUMNS.index(c) for c in ("frame_index", "n_faces", "track_id"))
+_PROBS = [ROW_COLUMNS.index(e) for e in EMOTIONS]
+
+
+def file_stats(records: Sequence[Sequence]) -> dict[str, object]:
+    """The summary numbers of one file's row tuples (see schema.SUMMARY_COLUMNS).
+
+    Works on the tuples rather than a DataFrame so that analysis workers never need pandas.
+    """
+    faces = [r for r in records if r[_N_FACES]]
+    frames = {r[_FRAME]: bool(r[_N_FACES]) for r in records}
+    probs = np.array([[r[i] for i in _PROBS] for r in faces], dtype=np.float64).reshape(len(faces), len(EMOTIONS))
+    means = {f"mean_{e}": (float(probs[:, k].mean()) if len(faces) else np.nan) for k, e in enumerate(EMOTIONS)}
     dominant = max(EMOTIONS, key=lambda e: means[f"mean_{e}"]) if len(faces) else None
     return {
         "frames_sampled": len(frames),
-        "frames_with_faces": int((frames["n_faces"] > 0).sum()),
+        "frames_with_faces": sum(frames.values()),
         "faces": len(faces),
-        "tracks": int(faces["track_id"].nunique()),
+        "tracks": len({r[_TRACK] for r in faces}),
         **means,
         "dominant_emotion": dominant,
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -21,11 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from . import annotate
 from .classification import Classifier, ModelCard
@@ -46,6 +46,9 @@ from .sampling import FrameSampler, MediaError, SamplingPlan
 from .schema import EMOTIONS, rows_frame
 from .sources import Source, display_name
 from .tracking import FaceTracker
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +104,24 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
 
 @dataclass
 class FileResult:
-    """One file's complete output: its rows (possibly none), its summary record and its identity."""
+    """One file's complete output: its rows (possibly none), its summary record and its identity.
+
+    Workers fill in plain row tuples; the DataFrame is built where it is used (the parent), so workers never
+    import pandas and start faster.
+    """
 
     source: Source
-    rows: pd.DataFrame
+    records: list[tuple]
     summary: dict[str, object] = field(default_factory=dict)
     #: Size, mtime and sha256 as read before analysis; None when the file could not be read.
     identity: FileIdentity | None = None
     #: Remarks for the log that did not stop the analysis (e.g. a misleading extension).
     notes: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def rows(self) -> pd.DataFrame:
+        """The rows as a DataFrame with the output contract's columns and dtypes."""
+        return rows_frame(self.records)
 
     @property
     def status(self) -> str:
@@ -176,7 +188,7 @@ def _summary(
 
 def skipped_result(source: Source, settings: Settings) -> FileResult:
     """The record of a file that is not analysed (e.g. not a media extension)."""
-    return FileResult(source, rows_frame([]), _summary(source, settings, "skipped", source.skip_reason))
+    return FileResult(source, [], _summary(source, settings, "skipped", source.skip_reason))
 
 
 def error_result(
@@ -184,7 +196,7 @@ def error_result(
 ) -> FileResult:
     """The record of a file that failed, with its error kind (see schema.ERROR_KINDS) and message."""
     summary = _summary(source, settings, "error", message, kind=kind, media_type=media_type)
-    return FileResult(source, rows_frame([]), summary)
+    return FileResult(source, [], summary)
 
 
 def failure_result(source: Source, settings: Settings, exc: BaseException) -> FileResult:
@@ -233,9 +245,8 @@ def _analyse(
             annotate.save(target, annotate.draw(frame.image, faces, ids, probs))
         if on_frame:
             on_frame(1)
-    rows = rows_frame(records)
-    stats = {"duration_s": sampler.duration_s, **file_stats(rows)}
-    return FileResult(source, rows, _summary(source, settings, "ok", None, media_type=media_type, **stats))
+    stats = {"duration_s": sampler.duration_s, **file_stats(records)}
+    return FileResult(source, records, _summary(source, settings, "ok", None, media_type=media_type, **stats))
 
 
 def process_file(source: Source, settings: Settings, on_frame: FrameCallback | None = None) -> FileResult:

@@ -6,8 +6,10 @@ Other tooling relies on these names, so they live in one place and every writer 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The seven FER-2013 classes, in CSV column order.
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -109,6 +111,8 @@ _SUMMARY_DTYPES: dict[str, str] = {
 def _frame(
     records: Iterable[Sequence | dict], columns: Sequence[str], dtypes: dict[str, str]
 ) -> pd.DataFrame:
+    import pandas as pd  # here, not at the top: analysis workers build plain tuples and never load pandas
+
     return pd.DataFrame.from_records(list(records), columns=list(columns)).astype(dtypes)
 
 

@@ -45,12 +45,12 @@ def rows_for(source: str, tracks: int, samples: int, seed: int = 0):
 
 def test_file_stats() -> None:
     rows = rows_for("v.mp4", tracks=2, samples=14)
-    stats = file_stats(rows)
+    stats = file_stats(list(rows.itertuples(index=False, name=None)))
     assert stats["frames_sampled"] == 14 and stats["frames_with_faces"] == 12
     assert stats["faces"] == 24 and stats["tracks"] == 2
     assert sum(stats[f"mean_{e}"] for e in EMOTIONS) == pytest.approx(1.0)
     assert stats["dominant_emotion"] == max(EMOTIONS, key=lambda e: stats[f"mean_{e}"])
-    empty = file_stats(rows_for("v.mp4", tracks=0, samples=3))
+    empty = file_stats(list(rows_for("v.mp4", tracks=0, samples=3).itertuples(index=False, name=None)))
     assert (empty["faces"], empty["tracks"], empty["dominant_emotion"]) == (0, 0, None)
 
 
@@ -87,7 +87,7 @@ def test_overview_chart(tmp_path: Path) -> None:
     records = []
     for i, name in enumerate(["a.jpg", "b/c.mp4", "d.png"]):
         rows = rows_for(name, tracks=1 + i, samples=10, seed=i)
-        records.append({"source": name, "status": "ok", **file_stats(rows)})
+        records.append({"source": name, "status": "ok", **file_stats(list(rows.itertuples(index=False, name=None)))})
     records.append({"source": "bad.mp4", "status": "error", "error": "cannot open as a video"})
     path = overview_chart(summary_frame(records), tmp_path / "overview.png")
     assert_real_png(path, 1000, 250)
