@@ -25,6 +25,7 @@ from .defaults import (
     DEFAULT_MIN_FACE,
     DEFAULT_SCORE_THRESHOLD,
     DEFAULT_WORKERS,
+    DEFAULT_WORKING_WIDTH,
     DETECTOR_CHOICES,
 )
 
@@ -142,6 +143,14 @@ def main() -> None:
     default=DEFAULT_MIN_FACE,
     show_default=True,
     help="Ignore faces smaller than this many pixels (shorter box side, full resolution).",
+)
+@_option(
+    "--working-width",
+    type=click.IntRange(min=32),
+    default=DEFAULT_WORKING_WIDTH,
+    show_default=True,
+    help="Downscale wider frames to this width for detection (boxes are reported at full resolution). "
+    "Larger finds smaller faces and costs more; 640 finds ~3% more of the smallest faces.",
 )
 @_option(
     "--score-threshold",

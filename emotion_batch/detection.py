@@ -1,6 +1,6 @@
 """Finding faces: YuNet at a capped working width, or a Haar cascade where OpenCV has one.
 
-Detection runs on a downscaled copy (default 640 px wide) because its cost grows with pixels while faces worth
+Detection runs on a downscaled copy (default 512 px wide) because its cost grows with pixels while faces worth
 classifying stay detectable; boxes are mapped back to full-resolution coordinates for cropping and output.
 Choosing and locating the detector (`resolve_detector`) happens once in the parent process, so a missing file
 is one clear error up front; workers only build the detector from the resolved, picklable `DetectorSpec`.

@@ -183,6 +183,7 @@ def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, cli_e
         (["--detector", "haar"], "Haar cascades are not available"),
         (["--quiet", "--verbose"], "mutually exclusive"),
         (["--fps", "0"], "Invalid value for '--fps'"),
+        (["--working-width", "16"], "Invalid value for '--working-width'"),
     ],
 )
 def test_usage_errors_exit_2(mixed_folder: Path, cli_env, model_args, tmp_path, args, message) -> None:

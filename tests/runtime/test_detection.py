@@ -72,7 +72,7 @@ def test_faces_are_ordered_left_to_right(yunet) -> None:
 
 @pytest.mark.parametrize("upscale", [1, 2, 4])
 def test_boxes_are_mapped_back_to_full_resolution(yunet, upscale: int) -> None:
-    """A 2048 px frame is detected at 640 px; the box must still land on the face at full resolution."""
+    """A 2048 px frame is detected at the working width; the box must still land on the face at full resolution."""
     image = astronaut_bgr()
     big = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
     (face,) = yunet.detect(big)
