@@ -25,6 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from emotion_batch.digest import sha256_file
 
+from .artifacts import write_json_atomic
+from .evaluate import card_metrics
 from .export import OUTPUT_NAME, onnx_probabilities
 
 log = logging.getLogger(__name__)
@@ -251,25 +253,6 @@ def _check_images(members: list[Member], splits: dict, size: int) -> tuple[np.nd
     return rng.uniform(0, 255, (PARITY_IMAGES, size, size, 1)).astype(np.float32), "uniform noise, seed 0"
 
 
-def _split_summary(m: dict) -> dict:
-    return {
-        "split": m["split"],
-        "n": m["n"],
-        "accuracy": m["accuracy"],
-        "macro_f1": m["macro_f1"],
-        "macro_roc_auc": m["macro_roc_auc"],
-        "per_class_recall": {k: v["recall"] for k, v in m["per_class"].items()},
-    }
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _versions() -> dict[str, str]:
     versions = {}
     for name in ("onnx", "onnxruntime", "numpy"):
@@ -318,8 +301,8 @@ def ensemble_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[floa
                           out_dir / "plots" / f"confusion_{name}.png")
     results["reported_on"] = "test" if "test" in results else "val" if "val" in results else None
     results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
-    _write_json_atomic(out_dir / "metrics.json", results)
-    _write_json_atomic(out_dir / "model.json", _card(members, weights, parity, results, command or []))
+    write_json_atomic(out_dir / "metrics.json", results)
+    write_json_atomic(out_dir / "model.json", _card(members, weights, parity, results, command or []))
     return results, parity
 
 
@@ -339,7 +322,7 @@ def _card(members: list[Member], weights: list[float], parity: dict, results: di
         "tta": f"weighted mean of {len(members)} members inside the graph; each member's own TTA: "
                + "; ".join(member_tta),
         "export": parity,
-        "metrics": {name: _split_summary(results[name]) for name in ("val", "test") if name in results},
+        "metrics": {name: card_metrics(results[name]) for name in ("val", "test") if name in results},
         "members": [
             {
                 "run_dir": str(m.run_dir),

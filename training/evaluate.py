@@ -50,6 +50,18 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[
     }
 
 
+def card_metrics(m: dict) -> dict:
+    """The part of `classification_metrics` a model card keeps: headline figures and per-class recall."""
+    return {
+        "split": m["split"],
+        "n": m["n"],
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "macro_roc_auc": m["macro_roc_auc"],
+        "per_class_recall": {k: v["recall"] for k, v in m["per_class"].items()},
+    }
+
+
 def plot_history(history: list[dict], path: Path) -> None:
     """Accuracy and loss per epoch for both stages, with the stage boundary marked."""
     if not history:

@@ -92,7 +92,7 @@ def export_onnx(classifier, path: Path, check_images: np.ndarray, flip_tta: bool
         try:
             _convert(serve, spec, opset, tmp, skip_transpose)
             got = onnx_probabilities(tmp, check_images)
-        except Exception as exc:  # tf2onnx raises many types; any of them means this attempt failed
+        except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types; any means this attempt failed
             failures.append(f"{'without' if skip_transpose else 'with'} transpose optimiser: conversion failed: {exc}")
             tmp.unlink(missing_ok=True)
             continue

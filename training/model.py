@@ -35,7 +35,8 @@ def _backbone(config: ModelConfig) -> keras.Model:
 
     shape = (config.input_size, config.input_size, 3)
     keras_weights = "imagenet" if config.weights == "imagenet" else None
-    common = dict(input_shape=shape, alpha=config.alpha, include_top=False, weights=keras_weights, pooling="avg")
+    common = {"input_shape": shape, "alpha": config.alpha, "include_top": False, "weights": keras_weights,
+              "pooling": "avg"}
     if config.backbone == "mobilenet":
         base = applications.MobileNet(**common)
     elif config.backbone == "mobilenetv2":

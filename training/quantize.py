@@ -32,8 +32,10 @@ import onnx
 
 from emotion_batch.digest import sha256_file
 
+from .artifacts import write_json_atomic
 from .data import Dataset, load_folder
-from .ensemble import CARD_FORMAT, _split_summary, _write_json_atomic
+from .ensemble import CARD_FORMAT
+from .evaluate import card_metrics
 from .export import onnx_probabilities
 
 log = logging.getLogger(__name__)
@@ -327,14 +329,14 @@ def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int
         ev.plot_confusion(m["confusion_matrix"], labels, title, out_dir / "plots" / f"confusion_{name}.png")
     results["reported_on"] = "test" if "test" in results else "val" if "val" in results else None
     results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
-    _write_json_atomic(out_dir / "metrics.json", results)
+    write_json_atomic(out_dir / "metrics.json", results)
 
     quantized = copy.deepcopy(card)
     quantized["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     # The source's figures describe the float model: only what was measured on the int8 one stays.
-    quantized["metrics"] = {name: _split_summary(results[name]) for name in ("val", "test") if name in results}
+    quantized["metrics"] = {name: card_metrics(results[name]) for name in ("val", "test") if name in results}
     quantized["quantization"] = section
-    _write_json_atomic(out_dir / "model.json", quantized)
+    write_json_atomic(out_dir / "model.json", quantized)
     log.info("wrote %s (%d bytes, from %d)", out_dir / "model.onnx", section["size_bytes"],
              section["source"]["size_bytes"])
     return results, section

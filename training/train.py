@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .artifacts import write_json_atomic
 from .data import Dataset, class_weights
 from .model import (
     ModelConfig,
@@ -108,26 +109,6 @@ class RunDir:
 
     def save_state(self, state: RunState) -> None:
         write_json_atomic(self.state, dataclasses.asdict(state))
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=_json_default)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate as ev
+from .artifacts import write_json_atomic
 from .data import (
     Dataset,
     DatasetError,
@@ -29,7 +30,7 @@ from .data import (
     stratified_split,
     typical_side,
 )
-from .train import RunDir, TrainConfig, fit, write_json_atomic
+from .train import RunDir, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -235,16 +236,6 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
     model = config.train.model
     previous = json.loads(run.card.read_text()) if run.card.exists() else {}
 
-    def split_summary(m: dict) -> dict:
-        return {
-            "split": m["split"],
-            "n": m["n"],
-            "accuracy": m["accuracy"],
-            "macro_f1": m["macro_f1"],
-            "macro_roc_auc": m["macro_roc_auc"],
-            "per_class_recall": {k: v["recall"] for k, v in m["per_class"].items()},
-        }
-
     weights = model.weights
     weights_info = {"source": weights}
     if weights not in ("imagenet", "none") and Path(weights).is_file():
@@ -273,7 +264,7 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
         },
         "tta": "horizontal flip, averaged inside the graph" if export["parity"]["flip_tta"] else None,
         "export": export["parity"],
-        "metrics": {name: split_summary(results[name]) for name in ("val", "test") if name in results},
+        "metrics": {name: ev.card_metrics(results[name]) for name in ("val", "test") if name in results},
         "training": {
             "command": config.command,
             "config": config.train.to_dict(),
