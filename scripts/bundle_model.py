@@ -2,9 +2,12 @@
 
     python scripts/bundle_model.py RUN_DIR [--models models]
 
-Copies model.onnx, model.json and the small evaluation plots. The card's measured face framing (`crop`,
-written by scripts/measure_framing.py) is a property of the training data, not of one run, so it is kept
-from the bundled card when the new run's card has none.
+RUN_DIR is a training run, or the output of `emotion-train ensemble` / `emotion-train quantize`. Copies
+model.onnx, model.json and the small evaluation plots; for an ensemble, each member's training curves
+(training_curves_1.png, ...). Plots of the previous model that the new one does not have are removed, so
+no figure describes another model. The card's measured face framing (`crop`, written by
+scripts/measure_framing.py) is a property of the training data, not of one run, so it is kept from the
+bundled card when the new run's card has none.
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ def bundle(run_dir: Path, models: Path) -> dict:
             card["crop"] = previous["crop"]
     models.mkdir(parents=True, exist_ok=True)
     copy_atomic(run_dir / "model.onnx", models / "model.onnx")
-    for name in PLOTS:
-        if (run_dir / "plots" / name).exists():
-            copy_atomic(run_dir / "plots" / name, models / name)
+    plots = {name: run_dir / "plots" / name for name in PLOTS}
+    for i, member in enumerate(card.get("members", []), start=1):
+        plots[f"training_curves_{i}.png"] = Path(member["run_dir"]) / "plots" / "training_curves.png"
+    for stale in models.glob("*.png"):
+        if stale.name not in plots or not plots[stale.name].exists():
+            stale.unlink()
+    for name, source in plots.items():
+        if source.exists():
+            copy_atomic(source, models / name)
     tmp = previous_card.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp, previous_card)

@@ -306,6 +306,13 @@ def ensemble_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[floa
     return results, parity
 
 
+def _shared_data(members: list[Member]) -> dict:
+    """The members' training data (folders and sha256) when they all record the same, so the card keeps the
+    provenance a single run's card has; each member's own record stays in `members` either way."""
+    data = [(m.card.get("training") or {}).get("data") for m in members]
+    return {"data": data[0]} if data[0] and all(d == data[0] for d in data) else {}
+
+
 def _card(members: list[Member], weights: list[float], parity: dict, results: dict, command: list[str]) -> dict:
     """The members' shared contract, plus what each member is and how the whole was measured."""
     first = members[0].card
@@ -335,7 +342,7 @@ def _card(members: list[Member], weights: list[float], parity: dict, results: di
             for m, w in zip(members, weights)
         ],
         "training": {"command": command, "kind": "ensemble of exported runs (no training)",
-                     "versions": _versions()},
+                     "versions": _versions(), **_shared_data(members)},
     }
     crop = next((m.card["crop"] for m in members if m.card.get("crop")), None)
     if crop:  # the members that have one agree (checked); the runtime frames faces with it
