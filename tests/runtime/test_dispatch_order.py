@@ -1,0 +1,53 @@
+"""Scheduling choices of the local pool: biggest files first, one decoder thread per worker when several run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emotion_batch.decoding import DECODER_THREADS_ENV
+from emotion_batch.runner import Settings, expected_cost, worker_environment
+from emotion_batch.sampling import SamplingPlan
+from emotion_batch.sources import Source
+
+
+def source(tmp_path: Path, name: str, size: int, media_type: str | None) -> Source:
+    path = tmp_path / name
+    path.write_bytes(b"x" * size)
+    return Source(path, name, media_type)
+
+
+def test_bigger_videos_first_then_images_then_skipped(tmp_path: Path) -> None:
+    files = [
+        source(tmp_path, "notes.txt", 10_000, None),
+        source(tmp_path, "small.mp4", 1_000, "video"),
+        source(tmp_path, "photo.jpg", 20_000, "image"),
+        source(tmp_path, "big.mp4", 5_000, "video"),
+        Source(tmp_path / "gone.mp4", "gone.mp4", "video"),  # vanished since discovery
+    ]
+    order = [s.source for s in sorted(files, key=expected_cost, reverse=True)]
+    assert order == ["big.mp4", "small.mp4", "photo.jpg", "notes.txt", "gone.mp4"]
+
+
+class _Card:  # only what worker_environment reads
+    pass
+
+
+@pytest.mark.parametrize(
+    ("workers", "preset", "expected"),
+    [
+        (1, None, None),  # one worker: FFmpeg may use every core for it
+        (2, None, "1"),  # every core has a worker already
+        (4, "3", None),  # the user's own setting wins (left to the inherited environment)
+    ],
+)
+def test_decoder_threads_in_worker_environment(monkeypatch, workers, preset, expected) -> None:
+    if preset is None:
+        monkeypatch.delenv(DECODER_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(DECODER_THREADS_ENV, preset)
+    settings = Settings(sampling=SamplingPlan(), detector=None, model=_Card(), max_pixels=1234)  # type: ignore[arg-type]
+    environment = worker_environment(settings, workers)
+    assert environment.get(DECODER_THREADS_ENV) == expected
+    assert environment.get("OPENCV_IO_MAX_IMAGE_PIXELS", "1234") == "1234"
