@@ -149,8 +149,8 @@ def main() -> None:
     type=click.IntRange(min=32),
     default=DEFAULT_WORKING_WIDTH,
     show_default=True,
-    help="Downscale wider frames to this width for detection (boxes are reported at full resolution). "
-    "Larger finds smaller faces and costs more; 640 finds ~3% more of the smallest faces.",
+    help="Downscale wider video frames to this width for detection (boxes are reported at full resolution; "
+    "photos use at least 640). Larger finds smaller faces and costs more; 640 finds ~3% more of them.",
 )
 @_option(
     "--score-threshold",

@@ -19,8 +19,11 @@ DEFAULT_SCORE_THRESHOLD = 0.6
 DEFAULT_MIN_FACE = 20
 #: Frames wider than this are downscaled for detection; boxes are mapped back to full resolution. YuNet's cost
 #: grows with pixels: at 512 px it costs about 0.65x of 640 px and still finds 96.8% of the faces it finds at
-#: 640 px in the shared videos (the ones it misses are under ~15 px wide at 640 px) and 44 of 45 in the photos.
+#: 640 px in the shared videos (the ones it misses are under ~15 px wide at 640 px). Photos: see below.
 DEFAULT_WORKING_WIDTH = 512
+#: Photos are detected at least this wide: a photo costs one detection, and a face missed there is a person
+#: missed, not one sample of a track (at 512 px one of the shared photos' faces falls just under the score).
+PHOTO_MIN_WORKING_WIDTH = 640
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
 #: Sampled video frames decoded ahead by the background decoding thread (0: decode in the consumer's thread).
 DEFAULT_PREFETCH = 2

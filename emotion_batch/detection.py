@@ -308,12 +308,19 @@ class YuNetDetector:
         self._buffers = threading.local()
 
     def _input(self, small: np.ndarray) -> np.ndarray:
-        """The padded NCHW float blob, in a buffer reused while the input size stays (the padding stays zero)."""
+        """The padded NCHW float blob, in a buffer reused while the padded size stays.
+
+        The padding must be zero: a smaller image in the same padded size would otherwise leave the previous
+        image's pixels in it, and the faces found would depend on what was detected before.
+        """
         height, width = small.shape[:2]
         pad_h, pad_w = -(-height // 32) * 32, -(-width // 32) * 32
         blob = getattr(self._buffers, "blob", None)
         if blob is None or blob.shape[2:] != (pad_h, pad_w):
             blob = self._buffers.blob = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
+        else:
+            blob[:, :, height:, :] = 0
+            blob[:, :, :height, width:] = 0
         for plane, channel in zip(blob[0], cv2.split(small)):
             np.copyto(plane[:height, :width], channel, casting="unsafe")  # uint8 -> float32, no scaling
         return blob

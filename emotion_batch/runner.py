@@ -30,7 +30,7 @@ import numpy as np
 from . import annotate
 from .classification import Classifier, ModelCard
 from .decoding import DECODER_THREADS_ENV
-from .defaults import DEFAULT_MAX_PIXELS
+from .defaults import DEFAULT_MAX_PIXELS, PHOTO_MIN_WORKING_WIDTH
 from .detection import Detection, Detector, DetectorSpec, create_detector
 from .inspection import (
     FileIdentity,
@@ -137,6 +137,8 @@ class Engine:
     """The per-process detector and classifier, built once and reused for every file."""
 
     detector: Detector
+    #: The same detector at no less than PHOTO_MIN_WORKING_WIDTH, for images.
+    photo_detector: Detector
     classifier: Classifier
 
 
@@ -151,7 +153,10 @@ def engine_for(settings: Settings) -> Engine:
     cached: tuple[tuple[DetectorSpec, ModelCard], Engine] | None = getattr(_engines, "value", None)
     if cached is None or cached[0] != key:
         cv2.setNumThreads(1)  # parallelism comes from worker processes, not threads fighting over cores
-        cached = (key, Engine(create_detector(settings.detector), Classifier(settings.model)))
+        spec = settings.detector
+        photo_spec = dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH))
+        engine = Engine(create_detector(spec), create_detector(photo_spec), Classifier(settings.model))
+        cached = (key, engine)
         _engines.value = cached
     return cached[1]
 
@@ -227,7 +232,7 @@ def _analyse(
     tracker = FaceTracker() if media_type == "video" else None
     records: list[tuple] = []
     for frame in sampler:
-        faces = engine.detector.detect(frame.image)
+        faces = (engine.photo_detector if media_type == "image" else engine.detector).detect(frame.image)
         probs = engine.classifier.classify(frame.image, faces)
         ids = tracker.update(faces, frame.timestamp_s) if tracker else list(range(len(faces)))
         head = (source.source, frame.index, frame.timestamp_s, len(faces))

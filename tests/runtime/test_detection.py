@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from emotion_batch.fetch import cached_yunet_path
 from .environment import shared_path
 from .media_factory import astronaut_bgr, no_face_bgr
 
-# Faces YuNet finds at the default settings (640 px working width, score 0.6, 20 px minimum); checked by eye.
+# Faces YuNet finds at 640 px working width (score 0.6, 20 px minimum); checked by eye.
 PHOTO_FACES = [
     ("deepface_couple.jpg", 2),
     ("deepface_img1.jpg", 1),
@@ -49,7 +50,7 @@ PHOTO_FACES = [
 
 @pytest.fixture(scope="module")
 def yunet(yunet_path: Path):
-    return create_detector(resolve_detector("yunet", yunet_path))
+    return create_detector(resolve_detector("yunet", yunet_path, working_width=640))
 
 
 @pytest.mark.parametrize(("name", "faces"), PHOTO_FACES)
@@ -72,7 +73,7 @@ def test_faces_are_ordered_left_to_right(yunet) -> None:
 
 @pytest.mark.parametrize("upscale", [1, 2, 4])
 def test_boxes_are_mapped_back_to_full_resolution(yunet, upscale: int) -> None:
-    """A 2048 px frame is detected at the working width; the box must still land on the face at full resolution."""
+    """A 2048 px frame is detected at the working width; the box must land on the face at full resolution."""
     image = astronaut_bgr()
     big = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
     (face,) = yunet.detect(big)
@@ -95,8 +96,9 @@ def test_minimum_face_size_is_in_full_resolution_pixels(yunet_path: Path, min_fa
 
 def test_score_threshold(yunet_path: Path) -> None:
     image = cv2.imread(str(shared_path("media", "photos", "deepface_selfie-many-people.jpg")))
-    loose = create_detector(resolve_detector("yunet", yunet_path, score_threshold=0.3)).detect(image)
-    strict = create_detector(resolve_detector("yunet", yunet_path, score_threshold=0.9)).detect(image)
+    at = functools.partial(resolve_detector, "yunet", yunet_path, working_width=640)
+    loose = create_detector(at(score_threshold=0.3)).detect(image)
+    strict = create_detector(at(score_threshold=0.9)).detect(image)
     assert len(loose) > 6 > len(strict) > 0
 
 

@@ -87,3 +87,15 @@ def test_one_detector_shared_by_threads(yunet_path: Path) -> None:
     alone = [detector.detect(image) for image in images]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(detector.detect, images)) == alone
+
+
+def test_padding_does_not_remember_the_previous_image(yunet_path: Path) -> None:
+    """Same padded size, different heights: the second frame's faces must not depend on the first's."""
+    image = cv2.imread(str(shared_path("media", "photos", "facenetpytorch_multiface.jpg")))
+    spec = resolve_detector("yunet", yunet_path, working_width=512)
+    tall = cv2.resize(image, (512, 320))
+    short = cv2.resize(image, (512, 300))[::-1].copy()  # same 320 px padded height, other content
+    fresh = YuNetDetector(spec).detect(short)
+    reused = YuNetDetector(spec)
+    reused.detect(tall)
+    assert reused.detect(short) == fresh
