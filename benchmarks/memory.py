@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import SHARED, YUNET_IN_SHARED, with_peak_rss
+from throughput import SHARED, YUNET_IN_SHARED, require_psutil, with_peak_rss
 
 SIZE = (1280, 720)
 
@@ -60,7 +60,7 @@ def emotion_batch_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "emotion_batch"]
 
 
-def analyse(video: Path, workdir: Path, args: argparse.Namespace) -> tuple[float, int | None, int]:
+def analyse(video: Path, workdir: Path, args: argparse.Namespace) -> tuple[float, int, int]:
     """(wall s, peak tree RSS bytes, CSV rows) of one `emotion-batch` run on `video` in a fresh process."""
     out = workdir / f"{video.stem}.csv"
     command = [*emotion_batch_command(), str(video), "--out", str(out), "--fps", str(args.fps), "--quiet"]
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="passed to emotion-batch (default: its own default)")
     parser.add_argument("--keep", type=Path, help="write the videos and results here and keep them")
     args = parser.parse_args(argv)
+    require_psutil()
     if not args.clip.is_file():
         print(f"clip not found: {args.clip} (set EMOTION_BATCH_SHARED or pass --clip)", file=sys.stderr)
         return 2
@@ -106,12 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             size_mb = video.stat().st_size / 1e6
             wall, peak, rows = analyse(video, workdir, args)
             peaks.append(peak)
-            peak_text = f"{peak / 2**20:.0f} MiB" if peak else "n/a (pip install psutil)"
             print(f"  {minutes:g} min: {frames} frames, {size_mb:.0f} MB; {rows} rows in {wall:.1f} s; "
-                  f"peak RSS {peak_text}")  # fmt: skip
+                  f"peak RSS {peak / 2**20:.0f} MiB")  # fmt: skip
             if not args.keep:
                 video.unlink()
-    if len(peaks) >= 2 and all(peaks):
+    if len(peaks) >= 2:
         growth = peaks[-1] / peaks[0] - 1
         verdict = "within" if growth <= 0.20 else "OVER"
         print(

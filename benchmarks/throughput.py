@@ -81,6 +81,14 @@ def time_decode_only(paths: list[str], workers: int) -> tuple[float, float, list
 
 
 # --- pipeline -----------------------------------------------------------------------------------------------------
+def require_psutil() -> None:
+    """Memory and CPU of a process tree need psutil; say so before minutes of work rather than after."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        sys.exit('these benchmarks need psutil: pip install ".[bench]" (or pip install psutil)')
+
+
 class TreeSampler:
     """Peak resident memory and CPU seconds of a process and all its descendants, sampled every 50 ms.
 
@@ -263,6 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--detector-model", type=Path, help="YuNet file (default: usual lookup, then shared/)"
     )
     args = parser.parse_args(argv)
+    require_psutil()
     if args.fps is None and args.every is None:
         args.fps = 5.0
     if args.detector_model is None and "EMOTION_BATCH_DETECTOR_MODEL" not in os.environ:
