@@ -87,6 +87,11 @@ def _decoder_threads() -> int:
         return 0
 
 
+def _usable_fps(fps: float) -> float:
+    """The declared frame rate, or 0 when it is missing or absurd (AVI headers saying 0 or 90000)."""
+    return fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
+
+
 class OpenCVReader:
     """Every frame through cv2.VideoCapture."""
 
@@ -99,8 +104,7 @@ class OpenCVReader:
         if not self._cap.isOpened():
             self._cap.release()
             raise MediaError("cannot open as a video (not a video, or a corrupt or unsupported one)")
-        fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self.meta_fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
+        self.meta_fps = _usable_fps(self._cap.get(cv2.CAP_PROP_FPS))
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if math.isfinite(count) and count > 0 else 0
         self.frames_read = 0
@@ -143,9 +147,7 @@ class PyAVReader:
             raise MediaError("no video stream") from None
         self._stream.thread_type = "NONE" if _decoder_threads() == 1 else "SLICE"
         self._codec = self._stream.codec_context
-        rate = self._stream.average_rate
-        fps = float(rate) if rate else 0.0
-        self.meta_fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
+        self.meta_fps = _usable_fps(float(self._stream.average_rate or 0))
         self.frame_count = int(self._stream.frames or 0)
         self.frames_read = 0
         self.skip_rule: Callable[[float, float], bool] | None = None

@@ -154,8 +154,10 @@ def engine_for(settings: Settings) -> Engine:
     if cached is None or cached[0] != key:
         cv2.setNumThreads(1)  # parallelism comes from worker processes, not threads fighting over cores
         spec = settings.detector
+        detector = create_detector(spec)
         photo_spec = dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH))
-        engine = Engine(create_detector(spec), create_detector(photo_spec), Classifier(settings.model))
+        photo_detector = detector if photo_spec == spec else create_detector(photo_spec)
+        engine = Engine(detector, photo_detector, Classifier(settings.model))
         cached = (key, engine)
         _engines.value = cached
     return cached[1]
