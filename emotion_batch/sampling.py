@@ -3,8 +3,8 @@
 Videos are read front to back by a reader from `decoding` (never seeking: seeking is slow and frame-inaccurate),
 which gives every frame's index and container timestamp and converts to BGR only the frames sampled here.
 Timestamps come from the container because phone videos have variable frame rates, so frame_index / fps is not
-a time. When sampling by time, the sampler tells the reader the next time it wants, so the reader may skip
-decoding frames before it that no other frame refers to.
+a time. When sampling by time, the sampler gives the reader its rule (would a frame at this time be sampled?),
+so the reader may skip decoding frames the rule rejects that no other frame refers to.
 
 Decoding overlaps with analysis: a video's frames are decoded by a background thread that stays at most
 `prefetch` sampled frames ahead of the consumer (the decoders release the GIL while they decode). The decoding
@@ -202,12 +202,10 @@ class FrameSampler:
         sampled = 0
         prev_ts: float | None = None
         reached_end = True
-        seen = False
         if rate is not None:
             reader.skip_rule = functools.partial(_sampled_after, start=start, rate=rate)
 
         for picture in reader.pictures():
-            seen = True
             ts = picture.timestamp_s
             if ts is None or not math.isfinite(ts) or ts < 0 or (prev_ts is not None and ts <= prev_ts):
                 ts = 0.0 if prev_ts is None else prev_ts + fallback_step
@@ -240,7 +238,7 @@ class FrameSampler:
                 break
 
         self.frames_decoded = reader.frames_read
-        if not seen:
+        if prev_ts is None:
             raise MediaError("no decodable video frames")
         if reached_end and prev_ts is not None:
             self.duration_s = prev_ts + fallback_step
