@@ -18,8 +18,8 @@ import click
 
 from emotion_batch.cli import DefaultGroup
 
+from .config import BACKBONES, ModelConfig
 from .data import DatasetError
-from .model import BACKBONES, ModelConfig
 
 log = logging.getLogger("emotion_train")
 

@@ -6,27 +6,16 @@ exported ONNX model and the runtime cannot preprocess differently from training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 from keras import layers
 
-BACKBONES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large")
+from .config import BACKBONES, ModelConfig
+
+__all__ = ["BACKBONES", "ModelConfig", "build_augmenter", "build_classifier"]
+
 CLASSIFIER_NAME = "classifier"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    backbone: str = "mobilenetv2"
-    alpha: float = 1.0
-    image_size: int = 48  # resolution the data is stored at; the ONNX input
-    input_size: int = 96  # resolution the backbone sees; upsampled inside the graph
-    num_classes: int = 7
-    weights: str = "none"  # "imagenet", "none" or a path to a no-top .h5 file
-    dropout: float = 0.3
-    l2: float = 0.0
-    bn_momentum: float = 0.99
 
 
 def _backbone(config: ModelConfig) -> keras.Model:

@@ -1,0 +1,24 @@
+"""What a classifier is (backbone, sizes, weights, head), with no TensorFlow import.
+
+The command line reads these before it knows whether the step needs Keras at all: `ensemble` and `quantize`
+work on exported ONNX files and should not pay TensorFlow's start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKBONES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "mobilenetv2"
+    alpha: float = 1.0
+    image_size: int = 48  # resolution the data is stored at; the ONNX input
+    input_size: int = 96  # resolution the backbone sees; upsampled inside the graph
+    num_classes: int = 7
+    weights: str = "none"  # "imagenet", "none" or a path to a no-top .h5 file
+    dropout: float = 0.3
+    l2: float = 0.0
+    bn_momentum: float = 0.99
