@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -21,6 +22,8 @@ import onnxruntime as ort
 from .detection import Detection
 from .digest import sha256_file
 from .schema import EMOTIONS
+
+T = TypeVar("T")
 
 BUNDLED_PACKAGE = "emotion_batch.bundled"
 MODEL_FILENAME = "model.onnx"
@@ -182,3 +185,49 @@ class Classifier:
     def classify(self, image: np.ndarray, faces: list[Detection]) -> np.ndarray:
         """All faces of one frame in a single batch."""
         return self.predict(self.prepare(image, faces))
+
+
+#: Faces per classifier call when frames are batched together. Per face, the bundled model costs about 0.9 ms
+#: at 16 faces against 1.1 ms at the 3 faces a frame typically has (one thread); its outputs do not depend on
+#: the batch (checked in tests/runtime/test_classification.py).
+BATCH_FACES = 16
+#: Frames held back at most, bounding the delay and what is held (a frame's image, when the caller keeps it).
+BATCH_FRAMES = 8
+
+
+@dataclass
+class FrameBatcher(Generic[T]):
+    """Classifies the faces of consecutive frames together, handing back each frame's item with its probabilities
+    in the order the frames came in.
+
+    `add` returns the frames completed by that call (often none); `flush` the rest, at the end of a file.
+    """
+
+    classifier: Classifier
+    max_faces: int = BATCH_FACES
+    max_frames: int = BATCH_FRAMES
+    _items: list[tuple[T, int]] = field(default_factory=list)
+    _crops: list[np.ndarray] = field(default_factory=list)
+    _faces: int = 0
+
+    def add(self, item: T, image: np.ndarray, faces: list[Detection]) -> list[tuple[T, np.ndarray]]:
+        if faces:
+            self._crops.append(self.classifier.prepare(image, faces))
+        self._items.append((item, len(faces)))
+        self._faces += len(faces)
+        if self._faces >= self.max_faces or len(self._items) >= self.max_frames:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[tuple[T, np.ndarray]]:
+        probs = (
+            self.classifier.predict(np.concatenate(self._crops))
+            if self._crops
+            else np.empty((0, len(EMOTIONS)), dtype=np.float64)
+        )
+        done, start = [], 0
+        for item, count in self._items:
+            done.append((item, probs[start : start + count]))
+            start += count
+        self._items, self._crops, self._faces = [], [], 0
+        return done

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from . import annotate
-from .classification import Classifier, ModelCard
+from .classification import Classifier, FrameBatcher, ModelCard
 from .decoding import DECODER_THREADS_ENV
 from .defaults import DEFAULT_MAX_PIXELS, PHOTO_MIN_WORKING_WIDTH
 from .detection import Detection, Detector, DetectorSpec, create_detector
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 FrameCallback = Callable[[int], None]
 
 #: Bump when a code change alters the rows for the same model and settings, so state stores reprocess.
-ROWS_FORMAT = 2
+ROWS_FORMAT = 3  # 3: frames at least twice the working width are halved by area averaging first
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,18 @@ class FileResult:
 class Engine:
     """The per-process detector and classifier, built once and reused for every file."""
 
-    detector: Detector
-    #: The same detector at no less than PHOTO_MIN_WORKING_WIDTH, for images.
-    photo_detector: Detector
-    classifier: Classifier
+    def __init__(self, settings: Settings) -> None:
+        cv2.setNumThreads(1)  # parallelism comes from worker processes, not threads fighting over cores
+        spec = settings.detector
+        self.detector: Detector = create_detector(spec)
+        self.classifier = Classifier(settings.model)
+        self._photo_spec = dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH))
+        self._same_for_photos = self._photo_spec == spec
+
+    @functools.cached_property
+    def photo_detector(self) -> Detector:
+        """The detector at no less than PHOTO_MIN_WORKING_WIDTH, for images; built on a worker's first image."""
+        return self.detector if self._same_for_photos else create_detector(self._photo_spec)
 
 
 # Per thread: detectors keep per-call buffers, so two threads must not share one. Local and isolated workers
@@ -152,13 +160,7 @@ def engine_for(settings: Settings) -> Engine:
     key = (settings.detector, settings.model)
     cached: tuple[tuple[DetectorSpec, ModelCard], Engine] | None = getattr(_engines, "value", None)
     if cached is None or cached[0] != key:
-        cv2.setNumThreads(1)  # parallelism comes from worker processes, not threads fighting over cores
-        spec = settings.detector
-        detector = create_detector(spec)
-        photo_spec = dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH))
-        photo_detector = detector if photo_spec == spec else create_detector(photo_spec)
-        engine = Engine(detector, photo_detector, Classifier(settings.model))
-        cached = (key, engine)
+        cached = (key, Engine(settings))
         _engines.value = cached
     return cached[1]
 
@@ -226,32 +228,51 @@ def _box(face: Detection, width: int, height: int) -> tuple[int, int, int, int]:
     return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
 
 
+@dataclass
+class _Sampled:
+    """What is kept of a sampled frame while its faces wait for their batch's classification."""
+
+    index: int
+    timestamp_s: float
+    height: int
+    width: int
+    faces: list[Detection]
+    ids: list[int]
+    image: np.ndarray | None  # only when annotating
+
+
 def _analyse(
     source: Source, media_type: str, path: Path, settings: Settings, on_frame: FrameCallback | None
 ) -> FileResult:
     engine = engine_for(settings)
     sampler = FrameSampler(path, media_type, settings.sampling)
     tracker = FaceTracker() if media_type == "video" else None
+    batcher: FrameBatcher[_Sampled] = FrameBatcher(engine.classifier)
     records: list[tuple] = []
-    for frame in sampler:
-        faces = (engine.photo_detector if media_type == "image" else engine.detector).detect(frame.image)
-        probs = engine.classifier.classify(frame.image, faces)
-        ids = tracker.update(faces, frame.timestamp_s) if tracker else list(range(len(faces)))
-        head = (source.source, frame.index, frame.timestamp_s, len(faces))
-        if not faces:
+
+    def emit(frame: _Sampled, probs: np.ndarray) -> None:
+        head = (source.source, frame.index, frame.timestamp_s, len(frame.faces))
+        if not frame.faces:
             records.append(head + (None,) * 16)
-        height, width = frame.image.shape[:2]
-        for i, (face, track, p) in enumerate(zip(faces, ids, probs)):
+        for i, (face, track, p) in enumerate(zip(frame.faces, frame.ids, probs)):
             k = int(np.argmax(p))
-            records.append(
-                head
-                + (i, track, *_box(face, width, height), face.score, *p.tolist(), EMOTIONS[k], float(p[k]))
-            )
-        if settings.annotate_dir is not None:
+            box = _box(face, frame.width, frame.height)
+            records.append(head + (i, track, *box, face.score, *p.tolist(), EMOTIONS[k], float(p[k])))
+        if frame.image is not None and settings.annotate_dir is not None:
             target = annotate.annotation_path(settings.annotate_dir, source.source, media_type, frame.index)
-            annotate.save(target, annotate.draw(frame.image, faces, ids, probs))
+            annotate.save(target, annotate.draw(frame.image, frame.faces, frame.ids, probs))
         if on_frame:
             on_frame(1)
+
+    for frame in sampler:
+        faces = (engine.photo_detector if media_type == "image" else engine.detector).detect(frame.image)
+        ids = tracker.update(faces, frame.timestamp_s) if tracker else list(range(len(faces)))
+        kept = frame.image if settings.annotate_dir is not None else None
+        sampled = _Sampled(frame.index, frame.timestamp_s, *frame.image.shape[:2], faces, ids, kept)
+        for done, probs in batcher.add(sampled, frame.image, faces):
+            emit(done, probs)
+    for done, probs in batcher.flush():
+        emit(done, probs)
     stats = {"duration_s": sampler.duration_s, **file_stats(records)}
     return FileResult(source, records, _summary(source, settings, "ok", None, media_type=media_type, **stats))
 
@@ -370,8 +391,9 @@ class ExecutorPlan:
             self.on_close()
 
 
-#: What a worker needs, imported once by the fork server instead of by every worker (see isolation.py).
-WORKER_MODULES = ("emotion_batch.runner",)
+#: What a worker needs, imported once by the fork server instead of by every worker (see isolation.py). PyAV is
+#: imported on a worker's first video otherwise (about 50 ms each); a missing module is skipped.
+WORKER_MODULES = ("emotion_batch.runner", "av")
 
 
 def worker_environment(settings: Settings, workers: int) -> dict[str, str]:

@@ -14,6 +14,7 @@ import pytest
 from emotion_batch.classification import (
     Classifier,
     CropGeometry,
+    FrameBatcher,
     ModelUnavailable,
     card_path_for,
     crop_face,
@@ -145,6 +146,38 @@ def test_faces_are_batched_and_match_one_by_one(tiny_model: Path) -> None:
     alone = np.concatenate([classifier.classify(image, [f]) for f in faces])
     np.testing.assert_allclose(together, alone, rtol=1e-6)
     assert classifier.classify(image, []).shape == (0, 7)
+
+
+def test_frames_batched_together_give_each_frame_its_own_probabilities(tiny_model: Path) -> None:
+    classifier = Classifier(load_model_card(tiny_model))
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 255, (240, 320, 3), dtype=np.uint8) for _ in range(7)]
+    counts = [3, 0, 1, 5, 0, 2, 4]
+    faces = [[Detection(20 + 50 * i, 30 + 5 * i, 40, 48, 0.9) for i in range(n)] for n in counts]
+    batcher: FrameBatcher[int] = FrameBatcher(classifier, max_faces=6, max_frames=3)
+    done: list[tuple[int, np.ndarray]] = []
+    sizes = []
+    for k, (frame, found) in enumerate(zip(frames, faces)):
+        ready = batcher.add(k, frame, found)
+        sizes.append(len(ready))
+        done += ready
+    done += batcher.flush()
+    assert sizes == [0, 0, 3, 0, 0, 3, 0]  # at the third frame, then at 6 faces
+    assert [k for k, _ in done] == list(range(7))
+    for (k, probs), frame, found in zip(done, frames, faces):
+        np.testing.assert_array_equal(probs, classifier.classify(frame, found))
+        assert probs.shape == (len(found), 7)
+    assert batcher.flush() == []
+
+
+def test_bundled_model_output_does_not_depend_on_the_batch(bundled_model: Path) -> None:
+    """Why batching frames together changes no result: int8 or not, a face's probabilities are the same alone
+    or among 15 others."""
+    classifier = Classifier(load_model_card(bundled_model))
+    crops = np.random.default_rng(5).uniform(0, 255, (16, 48, 48, 1)).astype(np.float32)
+    together = classifier.predict(crops)
+    np.testing.assert_array_equal(together, np.concatenate([classifier.predict(c[None]) for c in crops]))
+    np.testing.assert_array_equal(together[3:8], classifier.predict(crops[3:8]))
 
 
 def test_input_is_grey_crop_resized_with_area_interpolation(tiny_model: Path) -> None:

@@ -53,6 +53,42 @@ def test_free_io_dims_makes_the_input_size_free_and_keeps_the_weights(yunet_path
     assert cls_8.shape == (1, 24 * 40, 1)
 
 
+def test_dropping_the_landmark_outputs_keeps_the_others_exact(yunet_path: Path) -> None:
+    wanted = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox") for stride in (8, 16, 32)]
+    full = ort.InferenceSession(free_io_dims(yunet_path.read_bytes()), providers=["CPUExecutionProvider"])
+    pruned = ort.InferenceSession(
+        free_io_dims(yunet_path.read_bytes(), keep_outputs=wanted), providers=["CPUExecutionProvider"]
+    )
+    assert [o.name for o in pruned.get_outputs()] == wanted
+    assert {o.name for o in full.get_outputs()} == {*wanted, "kps_8", "kps_16", "kps_32"}
+    blob = np.random.default_rng(1).uniform(0, 255, (1, 3, 288, 512)).astype(np.float32)
+    for a, b in zip(full.run(wanted, {"input": blob}), pruned.run(wanted, {"input": blob})):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [(300, 200, (300, 200)), (512, 288, (512, 288)), (700, 394, (512, 288)), (1024, 576, (512, 288)),
+     (1537, 865, (512, 288)), (1920, 1080, (512, 288)), (3840, 2160, (512, 288)), (2049, 3001, (512, 750))],
+)
+def test_working_copy_size_and_factor_back(width: int, height: int, expected: tuple[int, int]) -> None:
+    """Halving (with an odd last row or column left out) and then bilinear: the copy is the working width and
+    the factor maps it back onto the frame to within one pixel."""
+    image = np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    small, back = detection._working_copy(image, 512)
+    assert (small.shape[1], small.shape[0]) == expected
+    assert abs(small.shape[1] * back - width) <= back and abs(small.shape[0] * back - height) <= back + 1
+
+
+def test_halving_averages_like_area_resize() -> None:
+    """The 2x steps are exact area averages, so a wide frame is not aliased before the bilinear step."""
+    image = np.random.default_rng(3).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    halved, back = detection._working_copy(image, 960)
+    assert back == 2.0
+    blocks = image.reshape(540, 2, 960, 2, 3).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(halved.astype(np.float64) - blocks).max() <= 1.0
+
+
 @pytest.mark.parametrize("working_width", [640, 320])
 def test_same_faces_as_cv2_face_detector_yn(yunet_path: Path, working_width: int) -> None:
     spec = resolve_detector("yunet", yunet_path, working_width=working_width)

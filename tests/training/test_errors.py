@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from emotion_train.cli import main
 from emotion_train.data import DatasetError, load_folder, stratified_split
 
@@ -76,7 +75,7 @@ def test_unreadable_and_undecodable_images_are_skipped_and_counted(tmp_path):
 def test_stratified_split_is_seeded_and_per_class(tmp_path):
     ds = load_folder(make_dataset(tmp_path / "data", 20, seed=0), 40, cache_dir=tmp_path / "cache")
     train_a, val_a = stratified_split(ds, 0.25, seed=7)
-    train_b, val_b = stratified_split(ds, 0.25, seed=7)
+    _, val_b = stratified_split(ds, 0.25, seed=7)
     _, val_c = stratified_split(ds, 0.25, seed=8)
     assert val_a.files == val_b.files and val_a.files != val_c.files
     assert val_a.class_counts() == {"bars_h": 5, "bars_v": 5, "ring": 5}
