@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -100,6 +99,8 @@ def fetch_yunet(
             with open(from_file, "rb") as fh:
                 _copy_verified(fh, target, expected_sha256, progress)
         else:
+            import urllib.request  # here, not at the top: every worker imports this module, few ever download
+
             request = urllib.request.Request(url, headers={"User-Agent": "emotion-batch"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 _copy_verified(response, target, expected_sha256, progress)

@@ -11,8 +11,8 @@ The time limit counts from when a worker starts the task, not from submission or
 
 Workers are forked from a fork server (Linux) that has already imported the modules named in `preload`, so a
 new worker is ready in milliseconds instead of importing numpy, OpenCV, onnxruntime and pandas itself (about
-0.5 s of CPU each). The server is a single-threaded process of its own, so forking it is safe, unlike forking a
-parent that runs progress and supervisor threads. `start_fork_server` starts it early, so its imports overlap
+0.5 s of CPU each). The server does nothing but import (its only other threads are those libraries' idle thread
+pools), so forking it is safe, unlike forking a parent that runs progress and supervisor threads. `start_fork_server` starts it early, so its imports overlap
 the parent's own start-up. Elsewhere, workers are spawned.
 Only the standard library is imported here, so the module has no heavy dependencies.
 """
@@ -72,6 +72,11 @@ def describe_exit(exitcode: int | None) -> str:
 # --- the worker side -------------------------------------------------------------------------------------------
 _channel: Connection | None = None
 _channel_lock = threading.Lock()
+#: Frame counts are sent at most this often (and when a task ends): one message per frame cost the worker and
+#: the parent's supervisor a pipe round each, hundreds of times a second in every-frame mode.
+REPORT_INTERVAL_S = 0.2
+_unreported = 0
+_last_report = 0.0
 
 
 def report_frames(n: int) -> None:
@@ -79,9 +84,21 @@ def report_frames(n: int) -> None:
 
     A module-level function, so it can be passed (pickled by name) as a per-frame progress callback.
     """
-    if _channel is not None:
+    global _unreported
+    if _channel is None:
+        return
+    _unreported += n
+    if time.monotonic() - _last_report >= REPORT_INTERVAL_S:
+        _send_frame_report()
+
+
+def _send_frame_report() -> None:
+    global _unreported, _last_report
+    _last_report = time.monotonic()
+    if _unreported and _channel is not None:
         with _channel_lock, contextlib.suppress(OSError):
-            _channel.send(("frames", n))
+            _channel.send(("frames", _unreported))
+        _unreported = 0
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -182,6 +199,7 @@ def _worker_main(
             message = ("done", (True, fn(*args, **kwargs)))
         except BaseException as exc:  # noqa: BLE001
             message = ("done", (False, _portable(exc)))
+        _send_frame_report()  # the task's last frames, before its result
         with _channel_lock:
             try:
                 conn.send(message)
