@@ -17,8 +17,9 @@ from .classification import ModelUnavailable, load_model_card
 from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH
 from .detection import DetectorUnavailable, resolve_detector
 from .fetch import YUNET_SHA256, cached_yunet_path
+from .prestart import start_worker_server
 from .progress import NoProgress, Progress, TqdmProgress
-from .runner import ExecutorPlan, FileResult, Settings, dispatch, engine_for, local_executor, prestart_workers
+from .runner import ExecutorPlan, FileResult, Settings, dispatch, engine_for, local_executor
 from .sampling import SamplingPlan
 from .schema import rows_frame, summary_frame
 from .sources import Source, discover
@@ -108,7 +109,7 @@ def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLi
         if isolate is None:
             isolate = options.workers > 1 or options.file_timeout is not None
         if isolate and not options.scheduler:
-            prestart_workers(settings, options.workers)
+            start_worker_server(options.max_pixels, options.workers)
         engine_for(settings)
         ignored = [*ignore, *([annotate_dir] if annotate_dir else [])]
         sources = discover(paths, include=options.include, exclude=options.exclude, ignore=ignored)

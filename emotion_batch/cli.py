@@ -218,6 +218,12 @@ def analyze(
       75  another run holds the lock on this output
       130 interrupted; run the same command again to continue
     """
+    from .prestart import start_worker_server
+
+    if not options.get("scheduler"):
+        # First, so the worker fork server's imports run on the other core while this process imports its own.
+        start_worker_server(options["max_pixels"], options["workers"])
+
     from rich.console import Console
 
     from . import api, logs

@@ -29,6 +29,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .defaults import DECODER_THREADS_ENV
+
 log = logging.getLogger(__name__)
 
 # FFmpeg prints its own errors (e.g. "moov atom not found") straight to stderr, which would break the plain log
@@ -36,11 +38,6 @@ log = logging.getLogger(__name__)
 # FFmpeg; set OPENCV_FFMPEG_LOGLEVEL yourself (e.g. 32) to see FFmpeg's messages when debugging.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-#: Decoding threads per video (FFmpeg frame threading). Unset or 0: OpenCV's default, one per core, which suits a
-#: single file being analysed; 1 suits runs where every core already has its own worker process: on 2 cores, 2
-#: workers over the shared videos at --fps 5 spent 2-12% less CPU and up to 11% less wall time with 1 (three A/B
-#: runs). A worker pool can set it in its workers' environment; decoding stays sequential either way.
-DECODER_THREADS_ENV = "EMOTION_BATCH_DECODER_THREADS"
 #: "opencv" forces the OpenCV reader; anything else (or unset) lets `open_reader` choose.
 DECODER_ENV = "EMOTION_BATCH_DECODER"
 

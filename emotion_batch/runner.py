@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -29,7 +28,6 @@ import numpy as np
 
 from . import annotate
 from .classification import Classifier, FrameBatcher, ModelCard
-from .decoding import DECODER_THREADS_ENV
 from .defaults import DEFAULT_MAX_PIXELS, PHOTO_MIN_WORKING_WIDTH
 from .detection import Detection, Detector, DetectorSpec, create_detector
 from .inspection import (
@@ -40,7 +38,8 @@ from .inspection import (
     hint_for_decode_failure,
     inspect,
 )
-from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames, start_fork_server
+from .isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, report_frames
+from .prestart import WORKER_MODULES, worker_environment
 from .reports import file_stats
 from .sampling import FrameSampler, MediaError, SamplingPlan
 from .schema import EMOTIONS, rows_frame
@@ -391,28 +390,6 @@ class ExecutorPlan:
             self.on_close()
 
 
-#: What a worker needs, imported once by the fork server instead of by every worker (see isolation.py). PyAV is
-#: imported on a worker's first video otherwise (about 50 ms each); a missing module is skipped.
-WORKER_MODULES = ("emotion_batch.runner", "av")
-
-
-def worker_environment(settings: Settings, workers: int) -> dict[str, str]:
-    """Environment variables for local workers; the user's own settings of them win."""
-    environment = {}
-    if "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:  # OpenCV's own limit, for formats not measured here
-        environment["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(settings.max_pixels)
-    if workers > 1 and DECODER_THREADS_ENV not in os.environ:
-        # Every worker already decodes in its own thread beside detection; FFmpeg's extra frame threads only
-        # add hand-off overhead when the cores are busy (a third less decode CPU here, see sampling.py).
-        environment[DECODER_THREADS_ENV] = "1"
-    return environment
-
-
-def prestart_workers(settings: Settings, workers: int) -> None:
-    """Start what local workers fork from now, so its imports overlap the caller's own preparation."""
-    start_fork_server(WORKER_MODULES, worker_environment(settings, workers))
-
-
 def local_executor(
     settings: Settings,
     workers: int,
@@ -433,7 +410,7 @@ def local_executor(
         task_timeout=file_timeout,
         on_frames=frames.add,
         quiet=quiet,
-        environment=worker_environment(settings, workers),
+        environment=worker_environment(settings.max_pixels, workers),
         preload=WORKER_MODULES,
     )
     return ExecutorPlan(executor, report_frames, 2 * workers, frames)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from emotion_batch.decoding import DECODER_THREADS_ENV
-from emotion_batch.runner import Settings, expected_cost, worker_environment
-from emotion_batch.sampling import SamplingPlan
+from emotion_batch.prestart import worker_environment
+from emotion_batch.runner import expected_cost
 from emotion_batch.sources import Source
 
 
@@ -30,10 +30,6 @@ def test_bigger_videos_first_then_images_then_skipped(tmp_path: Path) -> None:
     assert order == ["big.mp4", "small.mp4", "photo.jpg", "notes.txt", "gone.mp4"]
 
 
-class _Card:  # only what worker_environment reads
-    pass
-
-
 @pytest.mark.parametrize(
     ("workers", "preset", "expected"),
     [
@@ -47,7 +43,6 @@ def test_decoder_threads_in_worker_environment(monkeypatch, workers, preset, exp
         monkeypatch.delenv(DECODER_THREADS_ENV, raising=False)
     else:
         monkeypatch.setenv(DECODER_THREADS_ENV, preset)
-    settings = Settings(sampling=SamplingPlan(), detector=None, model=_Card(), max_pixels=1234)  # type: ignore[arg-type]
-    environment = worker_environment(settings, workers)
+    environment = worker_environment(1234, workers)
     assert environment.get(DECODER_THREADS_ENV) == expected
     assert environment.get("OPENCV_IO_MAX_IMAGE_PIXELS", "1234") == "1234"
