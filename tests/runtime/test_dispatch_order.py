@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,14 @@ def test_decoder_threads_in_worker_environment(monkeypatch, workers, preset, exp
     environment = worker_environment(1234, workers)
     assert environment.get(DECODER_THREADS_ENV) == expected
     assert environment.get("OPENCV_IO_MAX_IMAGE_PIXELS", "1234") == "1234"
+
+
+def test_starting_the_worker_server_imports_nothing_heavy() -> None:
+    """The command starts the fork server before its own imports; that must not import them itself."""
+    code = (
+        "import sys; from emotion_batch.prestart import start_worker_server; "
+        "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'pandas', 'av') if m in sys.modules]; "
+        "print(','.join(heavy) or 'none')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "none"

@@ -48,6 +48,17 @@ def test_crashes_hangs_and_errors_cost_only_their_own_task() -> None:
     assert time.monotonic() - started < 60
 
 
+def test_frame_reports_are_coalesced_but_none_is_lost() -> None:
+    """A thousand frames in a burst reach the parent as a few messages, and all before the task's result."""
+    frames: list[int] = []
+    with IsolatedExecutor(1, on_frames=frames.append) as executor:
+        assert executor.submit(tasks.count_frames, 1000).result() == 1000
+        assert sum(frames) == 1000  # the last report is sent before the result
+        assert len(frames) <= 3
+        assert executor.submit(tasks.count_frames, 7).result() == 7
+        assert sum(frames) == 1007
+
+
 def test_the_time_limit_counts_from_the_start_of_each_task() -> None:
     with IsolatedExecutor(1, task_timeout=2) as executor:
         hung = executor.submit(tasks.hang, 0)
