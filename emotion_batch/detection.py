@@ -21,7 +21,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -199,16 +199,15 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
 
 
-def _map_fields(
-    buf: bytes, rewrite: dict[int, Callable[[bytes], bytes | None]], first_only: bool = False
-) -> bytes:
-    """`buf` (a serialized message) with the payload of each length-delimited field in `rewrite` rewritten, or
-    dropped where the rewrite returns None."""
-    out, pos, done = bytearray(), 0, set()
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int, int | None]]:
+    """The fields of a serialized message: (number, start, end, payload start); the payload start is None for
+    anything but length-delimited fields (the only kind these helpers look into)."""
+    pos = 0
     while pos < len(buf):
         start = pos
         key, pos = _varint(buf, pos)
         number, wire_type = key >> 3, key & 7
+        body = None
         if wire_type == 0:
             _, pos = _varint(buf, pos)
         elif wire_type == 1:
@@ -218,28 +217,34 @@ def _map_fields(
         elif wire_type == 2:
             length, body = _varint(buf, pos)
             pos = body + length
-            if number in rewrite and not (first_only and number in done):
-                done.add(number)
-                payload = rewrite[number](buf[body:pos])
-                if payload is not None:
-                    out += _length_delimited(number, payload)
-                continue
         else:
             raise ValueError(f"unsupported protobuf wire type {wire_type}")
-        out += buf[start:pos]
+        yield number, start, pos, body
+
+
+def _map_fields(
+    buf: bytes, rewrite: dict[int, Callable[[bytes], bytes | None]], first_only: bool = False
+) -> bytes:
+    """`buf` (a serialized message) with the payload of each length-delimited field in `rewrite` rewritten, or
+    dropped where the rewrite returns None."""
+    out, done = bytearray(), set()
+    for number, start, end, body in _fields(buf):
+        if body is not None and number in rewrite and not (first_only and number in done):
+            done.add(number)
+            payload = rewrite[number](buf[body:end])
+            if payload is not None:
+                out += _length_delimited(number, payload)
+        else:
+            out += buf[start:end]
     return bytes(out)
 
 
 def _string_field(buf: bytes, wanted: int) -> str | None:
-    """The first length-delimited field `wanted` of a serialized message, as text (e.g. a ValueInfoProto's name)."""
-    found: list[bytes] = []
-
-    def take(payload: bytes) -> bytes:
-        found.append(payload)
-        return payload
-
-    _map_fields(buf, {wanted: take}, first_only=True)
-    return found[0].decode("utf-8", "replace") if found else None
+    """The first length-delimited field `wanted` of a serialized message as text (e.g. a ValueInfoProto's name)."""
+    for number, _, end, body in _fields(buf):
+        if number == wanted and body is not None:
+            return buf[body:end].decode("utf-8", "replace")
+    return None
 
 
 def free_io_dims(model: bytes, keep_outputs: Collection[str] | None = None) -> bytes:
