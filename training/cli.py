@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -56,6 +57,35 @@ def _quiet_tensorflow() -> None:
 def _fail(exc: Exception) -> None:
     log.error("%s", exc)
     raise click.ClickException(str(exc)) from exc
+
+
+_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _split_options(val_help: str, test_help: str) -> Callable[[Callable], Callable]:
+    """--val, --val-pattern, --test and --test-pattern, for the commands that score an exported model."""
+    options = [
+        click.option("--val", "val_dir", type=_FOLDER, help=val_help),
+        click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*')."),
+        click.option("--test", "test_dir", type=_FOLDER, help=test_help),
+        click.option("--test-pattern", help="Only --test files whose name matches this glob (e.g. 'PrivateTest_*')."),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):  # listed in --help in this order
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _split(folder: Path | None, pattern: str | None, name: str) -> tuple[Path, str | None] | None:
+    """An evaluation split as (folder, pattern), or None; a pattern without its folder is a usage error."""
+    if folder is None:
+        if pattern:
+            raise click.BadParameter(f"a pattern needs --{name} DIR", param_hint=f"--{name}-pattern")
+        return None
+    return folder.resolve(), pattern
 
 
 @click.group(cls=TrainGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,12 +217,8 @@ def evaluate_command(run_dir: Path, test_dir: Path | None, test_pattern: str | N
               help="Folder for the ensemble's model.onnx, model.json, metrics.json and plots.")
 @click.option("--weight", "weights", multiple=True, type=click.FloatRange(0, min_open=True),
               help="One per RUN_DIR, in order (normalised to sum 1). Default: equal weights.")
-@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Validation folder to evaluate the ensemble on (its images also serve the parity check).")
-@click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
-@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Test folder to evaluate the ensemble on.")
-@click.option("--test-pattern", help="Only --test files whose name matches this glob (e.g. 'PrivateTest_*').")
+@_split_options("Validation folder to evaluate the ensemble on (its images also serve the parity check).",
+                "Test folder to evaluate the ensemble on.")
 @click.option("-v", "--verbose", is_flag=True)
 def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[float, ...], val_dir: Path | None,
                      val_pattern: str | None, test_dir: Path | None, test_pattern: str | None,
@@ -208,10 +234,10 @@ def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[f
     if (out_dir / "config.json").exists():
         raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
     _setup_logging(out_dir / "ensemble.log", verbose)
-    spec = lambda d, p: (d.resolve(), p) if d else None
+    val, test = _split(val_dir, val_pattern, "val"), _split(test_dir, test_pattern, "test")
     try:
-        results, parity = ensemble_run(run_dirs, out_dir, weights or None, spec(val_dir, val_pattern),
-                                       spec(test_dir, test_pattern), command=["emotion-train", *sys.argv[1:]])
+        results, parity = ensemble_run(run_dirs, out_dir, weights or None, val, test,
+                                       command=["emotion-train", *sys.argv[1:]])
     except (DatasetError, EnsembleError) as exc:
         _fail(exc)
     click.echo(f"parity: max |ensemble - weighted mean| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
@@ -229,12 +255,8 @@ def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[f
 @click.option("--images", type=click.IntRange(1), default=1000, show_default=True,
               help="Random calibration images drawn from --calibration.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the calibration draw.")
-@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Validation folder: float and int8 accuracy compared here (also the agreement check).")
-@click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
-@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Test folder to evaluate the int8 model on.")
-@click.option("--test-pattern", help="Only --test files whose name matches this glob.")
+@_split_options("Validation folder: float and int8 accuracy compared here (also the agreement check).",
+                "Test folder to evaluate the int8 model on.")
 @click.option("--max-drop", type=float, default=None,
               help="Refuse when int8 val accuracy is more than this many points below float [default: 1.0; "
                    "needs --val].")
@@ -245,9 +267,7 @@ def quantize_command(src_dir: Path, out_dir: Path, calibration_dir: Path, calibr
     """Quantise SRC_DIR's model.onnx to int8 (static, QDQ); written only if it keeps val accuracy."""
     from .quantize import DEFAULT_MAX_DROP, QuantizeError, quantize_model
 
-    for pattern, folder, name in ((val_pattern, val_dir, "val"), (test_pattern, test_dir, "test")):
-        if pattern and folder is None:
-            raise click.BadParameter(f"a pattern needs --{name} DIR", param_hint=f"--{name}-pattern")
+    val, test = _split(val_dir, val_pattern, "val"), _split(test_dir, test_pattern, "test")
     if max_drop is not None and val_dir is None:
         raise click.BadParameter("the accuracy check needs --val DIR", param_hint="--max-drop")
     if out_dir.resolve() == src_dir.resolve():
@@ -255,11 +275,10 @@ def quantize_command(src_dir: Path, out_dir: Path, calibration_dir: Path, calibr
     if (out_dir / "config.json").exists():
         raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
     _setup_logging(None, verbose)  # no log file: a refused model leaves OUT_DIR untouched
-    spec = lambda d, p: (d.resolve(), p) if d else None
     try:
         results, section = quantize_model(
-            src_dir, out_dir, spec(calibration_dir, calibration_pattern), images, seed, spec(val_dir, val_pattern),
-            spec(test_dir, test_pattern), DEFAULT_MAX_DROP if max_drop is None else max_drop,
+            src_dir, out_dir, _split(calibration_dir, calibration_pattern, "calibration"), images, seed, val, test,
+            DEFAULT_MAX_DROP if max_drop is None else max_drop,
             command=["emotion-train", *sys.argv[1:]])
     except (DatasetError, QuantizeError) as exc:
         _fail(exc)
