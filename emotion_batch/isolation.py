@@ -12,8 +12,9 @@ The time limit counts from when a worker starts the task, not from submission or
 Workers are forked from a fork server (Linux) that has already imported the modules named in `preload`, so a
 new worker is ready in milliseconds instead of importing numpy, OpenCV, onnxruntime and pandas itself (about
 0.5 s of CPU each). The server does nothing but import (its only other threads are those libraries' idle thread
-pools), so forking it is safe, unlike forking a parent that runs progress and supervisor threads. `start_fork_server` starts it early, so its imports overlap
-the parent's own start-up. Elsewhere, workers are spawned.
+pools), so forking it is safe, unlike forking a parent that runs progress and supervisor threads.
+`start_fork_server` starts it early (see `prestart`), so its imports overlap the parent's own start-up.
+Elsewhere, workers are spawned.
 Only the standard library is imported here, so the module has no heavy dependencies.
 """
 

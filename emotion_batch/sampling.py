@@ -240,7 +240,7 @@ class FrameSampler:
         self.frames_decoded = reader.frames_read
         if prev_ts is None:
             raise MediaError("no decodable video frames")
-        if reached_end and prev_ts is not None:
+        if reached_end:
             self.duration_s = prev_ts + fallback_step
         else:
             count = reader.frame_count
