@@ -22,8 +22,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .artifacts import write_json_atomic
+from .artifacts import file_sha256, write_json_atomic
 from .data import Dataset, class_weights
+from .distill import CACHE_NAME, blend_targets, cached_teacher_probabilities
 from .model import (
     ModelConfig,
     build_augmenter,
@@ -53,6 +54,8 @@ class TrainConfig:
     erasing: float = 0.0  # probability of blanking a random patch with noise (occlusion robustness)
     patience: int = 8  # epochs without a better val accuracy before stage 2 stops
     seed: int = 42
+    teacher: str | None = None  # an exported model.onnx whose probabilities join the targets (distillation)
+    teacher_weight: float = 0.5  # share of each target that comes from the teacher
 
     @property
     def stage1_epochs(self) -> int:
@@ -164,6 +167,16 @@ def one_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[targets]
 
 
+def distillation_targets(config: TrainConfig, run: RunDir, train: Dataset, labels: np.ndarray) -> np.ndarray:
+    """One-hot labels blended with the teacher's probabilities, cached in the run for an exact resume."""
+    teacher = Path(config.teacher)
+    probs = cached_teacher_probabilities(teacher, file_sha256(teacher), train.images, train.content_hash,
+                                         train.labels, run.checkpoints / CACHE_NAME)
+    log.info("teacher %s: agrees with the labels on %.1f%% of the training images; targets are %.0f%% teacher",
+             teacher, 100 * float(np.mean(probs.argmax(axis=1) == train.targets)), 100 * config.teacher_weight)
+    return blend_targets(labels, probs, config.teacher_weight)
+
+
 def _optimizer(config: TrainConfig, stage: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """Constant LR for the head; warm-up then cosine decay for fine-tuning, keyed on the iteration count."""
     if stage == 1:
@@ -256,6 +269,8 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
 
     x_train, x_val = as_inputs(train), as_inputs(val)
     y_train = one_hot(train.targets, config.model.num_classes)
+    if config.teacher:
+        y_train = distillation_targets(config, run, train, y_train)
     y_val = one_hot(val.targets, config.model.num_classes)
     weights = class_weights(train.targets, config.model.num_classes, config.class_weight)
     sample_weight = weights[train.targets].astype(np.float32)

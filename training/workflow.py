@@ -7,7 +7,6 @@ trained on another machine, and a killed ``train`` continues with ``--resume``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import platform
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate as ev
-from .artifacts import write_json_atomic
+from .artifacts import file_sha256, write_json_atomic
 from .data import (
     Dataset,
     DatasetError,
@@ -88,14 +87,6 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_from_data(config: RunConfig) -> RunConfig:
@@ -287,6 +278,9 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
             "versions": _library_versions(),
         },
     }
+    if config.train.teacher:
+        card["training"]["teacher"] = {"path": config.train.teacher, "weight": config.train.teacher_weight,
+                                       "sha256": file_sha256(Path(config.train.teacher))}
     if "crop" in previous:  # measured framing (scripts/measure_framing.py) survives re-export
         card["crop"] = previous["crop"]
     return card

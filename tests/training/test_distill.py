@@ -1,0 +1,112 @@
+"""Distillation: a real run trained towards an exported teacher's probabilities, and the checks around it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from emotion_train.artifacts import file_sha256
+from emotion_train.cli import main
+from emotion_train.data import DatasetError, load_folder
+from emotion_train.distill import CACHE_NAME, blend_targets, cached_teacher_probabilities, run_teacher
+
+from .conftest import CLASSES, SIZE, make_dataset, run_env, train_command
+
+
+@pytest.fixture(scope="module")
+def test_images(datasets):
+    return load_folder(datasets["test"], SIZE)
+
+
+def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, tmp_path):
+    teacher = trained_run / "model.onnx"
+    out = tmp_path / "student"
+    env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
+    result = subprocess.run(
+        train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
+                      "--teacher", str(teacher), "--teacher-weight", "0.7"),
+        check=False, capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "agrees with the labels on" in result.stderr
+
+    with np.load(out / "checkpoints" / CACHE_NAME) as saved:
+        probs, sha = saved["probs"], str(saved["teacher_sha256"])
+    train = load_folder(datasets["train"], SIZE)
+    assert probs.shape == (len(train), len(CLASSES))
+    np.testing.assert_allclose(probs, run_teacher(teacher, train.images, train.labels), atol=1e-6)  # row-aligned
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.mean(probs.argmax(axis=1) == train.targets) > 0.75  # the teacher has learnt the patterns
+    assert sha == file_sha256(teacher)
+
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["teacher"] == {"path": str(teacher.resolve()), "weight": 0.7, "sha256": sha}
+    assert card["training"]["config"]["teacher_weight"] == 0.7
+
+
+def test_teacher_probabilities_use_the_mirror_and_resize(trained_run, test_images):
+    teacher = trained_run / "model.onnx"
+    probs = run_teacher(teacher, test_images.images, test_images.labels)
+    assert np.mean(probs.argmax(axis=1) == test_images.targets) > 0.75
+    mirrored = run_teacher(teacher, test_images.images[:, :, ::-1], test_images.labels)
+    np.testing.assert_allclose(probs, mirrored, atol=1e-5)  # flip-averaged, so mirror-invariant
+
+    larger = np.stack([np.kron(image, np.ones((2, 2), np.uint8)) for image in test_images.images])  # 80 px
+    resized = run_teacher(teacher, larger, test_images.labels)
+    assert np.mean(resized.argmax(axis=1) == probs.argmax(axis=1)) > 0.9
+
+
+def test_teacher_with_other_classes_is_refused(trained_run, test_images):
+    with pytest.raises(DatasetError, match="model.onnx: the teacher's labels"):
+        run_teacher(trained_run / "model.onnx", test_images.images, ["ring", "bars_v", "bars_h"])
+
+
+def test_teacher_without_card_must_match_the_class_count(trained_run, test_images, tmp_path):
+    bare = tmp_path / "teacher.onnx"
+    shutil.copy(trained_run / "model.onnx", bare)  # no model.json beside it
+    with pytest.raises(DatasetError, match="teacher.onnx: the teacher predicts 3 classes, the data has 4"):
+        run_teacher(bare, test_images.images, [*CLASSES, "extra"])
+
+
+def test_changed_teacher_is_refused_on_resume(trained_run, test_images, tmp_path):
+    teacher = trained_run / "model.onnx"
+    cache = tmp_path / CACHE_NAME
+    first = cached_teacher_probabilities(teacher, "a" * 64, test_images.images, "data", test_images.labels, cache)
+    again = cached_teacher_probabilities(teacher, "a" * 64, test_images.images, "data", test_images.labels, cache)
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(DatasetError, match="the teacher file changed since this run started"):
+        cached_teacher_probabilities(teacher, "b" * 64, test_images.images, "data", test_images.labels, cache)
+
+
+def test_not_an_onnx_teacher_names_the_file(test_images, tmp_path):
+    fake = tmp_path / "teacher.onnx"
+    fake.write_text("not a model")
+    with pytest.raises(DatasetError, match="teacher.onnx: not a loadable ONNX model"):
+        run_teacher(fake, test_images.images, test_images.labels)
+
+
+@pytest.mark.parametrize(
+    ("weight", "expected"),
+    [
+        (0.5, [0.6, 0.3, 0.1]),
+        (1.0, [0.2, 0.6, 0.2]),
+        (0.25, [0.8, 0.15, 0.05]),
+    ],
+)
+def test_blend_targets(weight, expected):
+    one_hot = np.array([[1.0, 0.0, 0.0]], np.float32)
+    teacher = np.array([[0.2, 0.6, 0.2]], np.float32)
+    blended = blend_targets(one_hot, teacher, weight)
+    np.testing.assert_allclose(blended[0], expected, atol=1e-6)
+    assert blended.dtype == np.float32
+
+
+def test_teacher_weight_needs_a_teacher(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=2, seed=0)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"), "--teacher-weight", "0.3"])
+    assert result.exit_code == 2
+    assert "--teacher-weight" in result.output and "only applies with --teacher" in result.output
