@@ -1,12 +1,10 @@
-"""Writing a run's JSON files so that a crash never leaves a half-written one behind, and fingerprinting
-the files a run depends on.
+"""Writing a run's JSON files so that a crash never leaves a half-written one behind.
 
 TensorFlow-free, so the ONNX-only steps (ensemble, quantize) share it with training.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -35,12 +33,3 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def file_sha256(path: Path) -> str:
-    """Content hash for a model card's provenance (weights, teachers), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

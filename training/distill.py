@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .data import DatasetError
+from .export import onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,8 @@ def teacher_labels(teacher: Path) -> list[str] | None:
 
 
 def _teacher_session(teacher: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2  # runs before training starts, alone on the machine
     try:
-        return ort.InferenceSession(str(teacher), options, providers=["CPUExecutionProvider"])
+        return onnx_session(teacher, threads=2)  # runs before training starts, alone on the machine
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise DatasetError(f"{teacher}: not a loadable ONNX model ({exc})") from exc
 

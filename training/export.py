@@ -64,12 +64,17 @@ def _convert(serve, spec, opset: int, path: Path, skip_transpose: bool) -> None:
         tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset, output_path=str(path))
 
 
-def onnx_probabilities(path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
+def onnx_session(path: Path, threads: int = 1):
+    """An onnxruntime CPU session; one thread by default, as the runtime runs a model."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    session = onnx_session(path)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
 

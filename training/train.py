@@ -22,7 +22,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .artifacts import file_sha256, write_json_atomic
+from emotion_batch.digest import sha256_file
+
+from .artifacts import write_json_atomic
 from .data import Dataset, class_weights
 from .distill import CACHE_NAME, blend_targets, cached_teacher_probabilities
 from .model import (
@@ -170,7 +172,7 @@ def one_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
 def distillation_targets(config: TrainConfig, run: RunDir, train: Dataset, labels: np.ndarray) -> np.ndarray:
     """One-hot labels blended with the teacher's probabilities, cached in the run for an exact resume."""
     teacher = Path(config.teacher)
-    probs = cached_teacher_probabilities(teacher, file_sha256(teacher), train.images, train.content_hash,
+    probs = cached_teacher_probabilities(teacher, sha256_file(teacher), train.images, train.content_hash,
                                          train.labels, run.checkpoints / CACHE_NAME)
     log.info("teacher %s: agrees with the labels on %.1f%% of the training images; targets are %.0f%% teacher",
              teacher, 100 * float(np.mean(probs.argmax(axis=1) == train.targets)), 100 * config.teacher_weight)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from emotion_batch.digest import sha256_file
+
 from . import evaluate as ev
-from .artifacts import file_sha256, write_json_atomic
+from .artifacts import write_json_atomic
 from .data import (
     Dataset,
     DatasetError,
@@ -230,7 +232,7 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
     weights = model.weights
     weights_info = {"source": weights}
     if weights not in ("imagenet", "none") and Path(weights).is_file():
-        weights_info["sha256"] = file_sha256(Path(weights))
+        weights_info["sha256"] = sha256_file(Path(weights))
     card = {
         "format": CARD_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -280,7 +282,7 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
     }
     if config.train.teacher:
         card["training"]["teacher"] = {"path": config.train.teacher, "weight": config.train.teacher_weight,
-                                       "sha256": file_sha256(Path(config.train.teacher))}
+                                       "sha256": sha256_file(Path(config.train.teacher))}
     if "crop" in previous:  # measured framing (scripts/measure_framing.py) survives re-export
         card["crop"] = previous["crop"]
     return card

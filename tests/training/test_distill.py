@@ -9,10 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from emotion_train.artifacts import file_sha256
 from emotion_train.cli import main
 from emotion_train.data import DatasetError, load_folder
 from emotion_train.distill import CACHE_NAME, blend_targets, cached_teacher_probabilities, run_teacher
+
+from emotion_batch.digest import sha256_file
 
 from .conftest import CLASSES, SIZE, make_dataset, run_env, train_command
 
@@ -41,7 +42,7 @@ def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, t
     np.testing.assert_allclose(probs, run_teacher(teacher, train.images, train.labels), atol=1e-6)  # row-aligned
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.mean(probs.argmax(axis=1) == train.targets) > 0.75  # the teacher has learnt the patterns
-    assert sha == file_sha256(teacher)
+    assert sha == sha256_file(teacher)
 
     card = json.loads((out / "model.json").read_text())
     assert card["training"]["teacher"] == {"path": str(teacher.resolve()), "weight": 0.7, "sha256": sha}
