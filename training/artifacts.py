@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def write_json_atomic(path: Path, data: dict) -> None:
         os.fsync(handle.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; these files are meant to be read and shipped
     os.replace(tmp, path)
+
+
+def install_file(source: Path, dest: Path) -> None:
+    """Copy beside ``dest``, then rename over it: a reader never sees a half-written model."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model to ship must be readable by everyone
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _json_default(value):

@@ -5,6 +5,7 @@
     emotion-train evaluate RUN_DIR [--test DIR]        measure model.onnx, rewrite metrics.json and the card
     emotion-train ensemble RUN_DIR RUN_DIR... --out D  average exported runs inside one ONNX graph
     emotion-train quantize SRC_DIR --out D --calibration DIR   an int8 copy, checked against the float model
+    emotion-train smooth SRC_DIR --out D --val DIR     input smoothing in the graph, sigma chosen on --val
 """
 
 from __future__ import annotations
@@ -251,6 +252,42 @@ def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[f
     except (DatasetError, EnsembleError) as exc:
         _fail(exc)
     click.echo(f"parity: max |ensemble - weighted mean| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
+    _print_result(out_dir, results)
+
+
+@main.command("smooth")
+@click.argument("src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the smoothed model.onnx, model.json, metrics.json and plots.")
+@click.option("--sigma", "sigmas", multiple=True, type=click.FloatRange(0, 3, min_open=True),
+              help="Gaussian sigma in input pixels; repeat to try several, the best on --val is kept "
+                   "[default: 0.5 0.6 ... 1.0; one value needs no --val].")
+@_split_options("Validation folder: chooses sigma (also the parity check).",
+                "Test folder to evaluate the smoothed model on.")
+@click.option("-v", "--verbose", is_flag=True)
+def smooth_command(src_dir: Path, out_dir: Path, sigmas: tuple[float, ...], val_dir: Path | None,
+                   val_pattern: str | None, test_dir: Path | None, test_pattern: str | None, verbose: bool) -> None:
+    """Smooth SRC_DIR's input inside its graph, as training augmentation smooths every training image."""
+    from .smoothing import DEFAULT_SIGMAS, SmoothingError, smooth_model
+
+    val, test = _split(val_dir, val_pattern, "val"), _split(test_dir, test_pattern, "test")
+    sigmas = sigmas or DEFAULT_SIGMAS
+    if len(sigmas) > 1 and val is None:
+        raise click.BadParameter("choosing among several sigmas needs --val DIR; or give one --sigma",
+                                 param_hint="--sigma")
+    if out_dir.resolve() == src_dir.resolve():
+        raise click.BadParameter("writing over the source; choose a new folder", param_hint="--out")
+    if (out_dir / "config.json").exists():
+        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
+    _setup_logging(None, verbose)
+    try:
+        results, section = smooth_model(src_dir, out_dir, sigmas, val, test, command=["emotion-train", *sys.argv[1:]])
+    except (DatasetError, SmoothingError) as exc:
+        _fail(exc)
+    for candidate in section["candidates"]:
+        click.echo(f"sigma {candidate['sigma']:.2f}: val accuracy {candidate['val_accuracy']:.4f}")
+    click.echo(f"kept sigma {section['sigma']:.2f}; parity: max |graph - reference| = "
+               f"{section['parity']['max_abs_diff']:.2e} on {section['parity']['images']} images")
     _print_result(out_dir, results)
 
 

@@ -44,6 +44,10 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def describe(self) -> str:
+        """The folder and, when the split was narrowed by a glob, the glob: how cards and logs name a split."""
+        return f"{self.root}" + (f" [{self.pattern}]" if self.pattern else "")
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.targets, minlength=len(self.labels))
         return {label: int(n) for label, n in zip(self.labels, counts)}

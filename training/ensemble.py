@@ -80,12 +80,12 @@ def normalised_weights(weights: Sequence[float] | None, count: int) -> list[floa
     return [float(w) / total for w in weights]
 
 
-def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     initializers = {i.name for i in graph.initializer}
     return [i for i in graph.input if i.name not in initializers]
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+def tensor_dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
     """A tensor's shape: ints for fixed sizes, the name of a symbolic one, None when unknown."""
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in value.type.tensor_type.shape.dim]
@@ -93,10 +93,10 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
 
 def _signature(model: onnx.ModelProto, where: str) -> dict:
     """The graph-level contract of one member, checked against the card and the other members."""
-    inputs, outputs = _real_inputs(model.graph), list(model.graph.output)
+    inputs, outputs = real_inputs(model.graph), list(model.graph.output)
     if len(inputs) != 1 or len(outputs) != 1:
         raise EnsembleError(f"{where}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
-    in_dims, out_dims = _dims(inputs[0]), _dims(outputs[0])
+    in_dims, out_dims = tensor_dims(inputs[0]), tensor_dims(outputs[0])
     if len(in_dims) != 4 or len(out_dims) != 2:
         raise EnsembleError(f"{where}: expected input [N, H, W, C] and output [N, classes], "
                             f"found {in_dims} and {out_dims}")
@@ -149,16 +149,16 @@ def combine_models(models: Sequence[onnx.ModelProto], weights: Sequence[float]) 
     avoids relying on onnx.compose's edge-renaming rules that changed between onnx versions.
     """
     shared_input = onnx.ValueInfoProto()
-    shared_input.CopyFrom(_real_inputs(models[0].graph)[0])
+    shared_input.CopyFrom(real_inputs(models[0].graph)[0])
     input_name = shared_input.name
     batch = shared_input.type.tensor_type.shape.dim[0]
-    classes = _dims(models[0].graph.output[0])[1]
+    classes = tensor_dims(models[0].graph.output[0])[1]
 
     nodes, initializers, sparse, value_info, functions, member_outputs = [], [], [], [], [], []
     for i, model in enumerate(models):
         prefixed = onnx.compose.add_prefix(model, f"member{i}_")
         graph = prefixed.graph
-        nodes.append(helper.make_node("Identity", [input_name], [_real_inputs(graph)[0].name],
+        nodes.append(helper.make_node("Identity", [input_name], [real_inputs(graph)[0].name],
                                       name=f"member{i}_feed"))
         nodes.extend(graph.node)
         initializers.extend(graph.initializer)
@@ -289,18 +289,8 @@ def ensemble_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[floa
                             cards=[m.card for m in members])
     parity["check_images"] = source
 
-    labels = list(first["labels"])
-    results: dict = {}
-    (out_dir / "plots").mkdir(exist_ok=True)
-    for name, ds in splits.items():
-        probs = onnx_probabilities(out_dir / "model.onnx", ds.images[..., None].astype(np.float32))
-        split = f"{name}: {ds.root}" + (f" [{ds.pattern}]" if ds.pattern else "")
-        results[name] = ev.classification_metrics(probs, ds.targets, labels, split)
-        ev.plot_confusion(results[name]["confusion_matrix"], labels,
-                          f"Ensemble confusion matrix, {name} (acc {results[name]['accuracy']:.3f})",
-                          out_dir / "plots" / f"confusion_{name}.png")
-    results["reported_on"] = "test" if "test" in results else "val" if "val" in results else None
-    results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
+    results = ev.evaluate_splits(out_dir / "model.onnx", splits, list(first["labels"]), out_dir / "plots",
+                                 "Ensemble confusion matrix")
     write_json_atomic(out_dir / "metrics.json", results)
     write_json_atomic(out_dir / "model.json", _card(members, weights, parity, results, command or []))
     return results, parity

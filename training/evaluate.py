@@ -50,6 +50,24 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[
     }
 
 
+def evaluate_splits(model: Path, splits: dict[str, Dataset], labels: list[str], plots: Path, title: str) -> dict:
+    """An exported model's metrics on each split, with a confusion plot per split: metrics.json's content."""
+    from .export import onnx_probabilities
+
+    plots.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    for name, ds in splits.items():
+        probs = onnx_probabilities(model, ds.images[..., None].astype(np.float32))
+        results[name] = classification_metrics(probs, ds.targets, labels, f"{name}: {ds.describe()}")
+        plot_confusion(results[name]["confusion_matrix"], labels,
+                       f"{title}, {name} (acc {results[name]['accuracy']:.3f})", plots / f"confusion_{name}.png")
+        log.info("%s accuracy %.4f, macro-F1 %.4f (n=%d)", name, results[name]["accuracy"],
+                 results[name]["macro_f1"], ds.targets.size)
+    results["reported_on"] = "test" if "test" in results else "val" if "val" in results else None
+    results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
+    return results
+
+
 def card_metrics(m: dict) -> dict:
     """The part of `classification_metrics` a model card keeps: headline figures and per-class recall."""
     return {

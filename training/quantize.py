@@ -17,8 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -32,7 +30,7 @@ import onnx
 
 from emotion_batch.digest import sha256_file
 
-from .artifacts import write_json_atomic
+from .artifacts import install_file, write_json_atomic
 from .data import Dataset, load_folder
 from .ensemble import CARD_FORMAT
 from .evaluate import card_metrics
@@ -55,27 +53,31 @@ class QuantizeError(ValueError):
     """A source that cannot be quantised, or an int8 model that loses too much accuracy; nothing written."""
 
 
-def read_source(src_dir: Path) -> tuple[Path, dict]:
-    """SRC_DIR's model.onnx and card, checked to be a float model the runtime can read."""
+def read_source(src_dir: Path, action: str = "quantise",
+                error: type[ValueError] = QuantizeError) -> tuple[Path, dict]:
+    """SRC_DIR's model.onnx and card, checked to be a float model the runtime can read.
+
+    ``action`` and ``error`` let the other steps on exported models (smoothing) say what they refused.
+    """
     src_dir = Path(src_dir)
     model, card_path = src_dir / "model.onnx", src_dir / "model.json"
     for path in (model, card_path):
         if not path.is_file():
-            raise QuantizeError(f"{src_dir}: no {path.name}; quantise an exported run, an ensemble or models/")
+            raise error(f"{src_dir}: no {path.name}; {action} an exported run, an ensemble or models/")
     try:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as exc:
-        raise QuantizeError(f"{card_path}: unreadable: {exc}") from exc
+        raise error(f"{card_path}: unreadable: {exc}") from exc
     if card.get("format") != CARD_FORMAT:
-        raise QuantizeError(f"{card_path}: card format {card.get('format')!r}, expected {CARD_FORMAT!r}")
+        raise error(f"{card_path}: card format {card.get('format')!r}, expected {CARD_FORMAT!r}")
     if "quantization" in card:
-        raise QuantizeError(f"{src_dir}: this model is already quantised; quantise its float source instead")
+        raise error(f"{src_dir}: this model is already quantised; {action} its float source instead")
     spec = card.get("input") or {}
     if not card.get("labels") or spec.get("height") is None or spec.get("height") != spec.get("width"):
-        raise QuantizeError(f"{card_path}: needs labels and a square input height x width, found "
-                            f"{spec.get('height')}x{spec.get('width')}")
+        raise error(f"{card_path}: needs labels and a square input height x width, found "
+                    f"{spec.get('height')}x{spec.get('width')}")
     if int(spec.get("channels", 1)) != 1:
-        raise QuantizeError(f"{card_path}: only greyscale (channels 1) models are supported")
+        raise error(f"{card_path}: only greyscale (channels 1) models are supported")
     return model, card
 
 
@@ -221,10 +223,6 @@ def _sample(dataset: Dataset, count: int, seed: int) -> np.ndarray:
     return dataset.images[index][..., None].astype(np.float32)
 
 
-def _describe(ds: Dataset) -> str:
-    return f"{ds.root}" + (f" [{ds.pattern}]" if ds.pattern else "")
-
-
 def _versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("onnxruntime", "onnx")}
 
@@ -238,7 +236,7 @@ def _measure(source: Path, int8: Path, splits: dict[str, Dataset], calib_images:
                     for kind, path in (("float", source), ("int8", int8))}
              for name, ds in splits.items()}
     if "val" in probs:
-        check = {**compare(probs["val"]["float"], probs["val"]["int8"]), "set": f"val: {_describe(splits['val'])}"}
+        check = {**compare(probs["val"]["float"], probs["val"]["int8"]), "set": f"val: {splits['val'].describe()}"}
     else:
         check = {**compare(onnx_probabilities(source, calib_images), onnx_probabilities(int8, calib_images)),
                  "set": "the calibration images (no --val given)"}
@@ -246,7 +244,7 @@ def _measure(source: Path, int8: Path, splits: dict[str, Dataset], calib_images:
              check["images"], check["argmax_agreement"], check["max_abs_diff"], check["mean_abs_diff"])
     results, accuracy = {}, {}
     for name, ds in splits.items():
-        split = f"{name}: {_describe(ds)}"
+        split = f"{name}: {ds.describe()}"
         results[name] = ev.classification_metrics(probs[name]["int8"], ds.targets, labels, split)
         float_acc = float(np.mean(probs[name]["float"].argmax(1) == ds.targets))
         int8_acc = results[name]["accuracy"]
@@ -254,18 +252,6 @@ def _measure(source: Path, int8: Path, splits: dict[str, Dataset], calib_images:
                           "drop_points": round(100 * (float_acc - int8_acc), 4)}
         log.info("%s accuracy: float %.4f, int8 %.4f", name, float_acc, int8_acc)
     return check, results, accuracy
-
-
-def _install(model: Path, dest: Path) -> None:
-    """Copy beside ``dest``, then rename over it: a reader never sees a half-written model."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model to ship must be readable by everyone
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int = DEFAULT_IMAGES,
@@ -288,11 +274,11 @@ def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int
               for name, spec in (("val", val), ("test", test)) if spec}
     calib_images = _sample(calib_set, images, seed)
     if len(calib_images) < images:
-        log.warning("%s: only %d images; calibrating on all of them", _describe(calib_set), len(calib_images))
+        log.warning("%s: only %d images; calibrating on all of them", calib_set.describe(), len(calib_images))
 
     with tempfile.TemporaryDirectory(prefix="emotion-quantize-") as work:
         int8 = Path(work) / "model.onnx"
-        log.info("calibrating on %d images of %s (seed %d)", len(calib_images), _describe(calib_set), seed)
+        log.info("calibrating on %d images of %s (seed %d)", len(calib_images), calib_set.describe(), seed)
         keep_float = quantize_onnx(source, int8, calib_images, Path(work))
         check, results, accuracy = _measure(source, int8, splits, calib_images, labels)
         if "val" in accuracy:
@@ -301,12 +287,12 @@ def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int
         speed = time_per_face({"float": source, "int8": int8}, calib_images[0], timing_runs)
         log.info("ms per face (batch 1, one thread): float %.3f, int8 %.3f", speed["float"], speed["int8"])
         out_dir.mkdir(parents=True, exist_ok=True)
-        _install(int8, out_dir / "model.onnx")
+        install_file(int8, out_dir / "model.onnx")
 
     section = {
         "method": "onnxruntime static quantisation: QDQ, int8 weights per channel (QInt8), uint8 activations "
                   "(QUInt8), MinMax calibration with a moving average, after quant_pre_process",
-        "calibration": {"set": _describe(calib_set), "sha256": calib_set.content_hash, "available": len(calib_set),
+        "calibration": {"set": calib_set.describe(), "sha256": calib_set.content_hash, "available": len(calib_set),
                         "images": len(calib_images),
                         "selection": "distinct random images, one per calibration batch, in drawn order"},
         "seed": seed,

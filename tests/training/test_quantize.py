@@ -29,7 +29,7 @@ from .conftest import run_env
 BUNDLED_CARD = {
     key: value
     for key, value in json.loads((Path(__file__).resolve().parents[2] / "models" / "model.json").read_text()).items()
-    if key not in ("members", "quantization")
+    if key not in ("members", "quantization", "smoothing")
 }
 LABELS = list(EMOTIONS)
 CHANNELS = (8, 32, 32, 16)  # the two middle Convs are quantised; the ends stay float
