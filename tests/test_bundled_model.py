@@ -42,6 +42,25 @@ def test_card_describes_the_shipped_model():
     assert (REPO / "models" / "model.onnx").stat().st_size <= 15_000_000
 
 
+def test_input_smoothing_was_chosen_on_public_test_and_sits_in_the_graph():
+    """The shipped graph smooths its input (see training/smoothing.py); the choice was made on PublicTest only."""
+    import onnx
+
+    card = json.loads((REPO / "models" / "model.json").read_text())
+    smoothing = card["smoothing"]
+    assert smoothing["chosen_on"].endswith("[PublicTest_*]")
+    best = max(smoothing["candidates"], key=lambda c: (c["val_accuracy"], -c["sigma"]))
+    assert smoothing["sigma"] == best["sigma"]
+    assert smoothing["parity"]["max_abs_diff"] <= 1e-5
+    graph = onnx.load(str(REPO / "models" / "model.onnx")).graph
+    readers = [node.name for node in graph.node if card["input"]["name"] in node.input]
+    assert readers == ["input_smoothing/to_nchw"]  # nothing reads the unsmoothed image
+    smoothing = [node for node in graph.node if node.name.startswith("input_smoothing/")]
+    assert [node.op_type for node in smoothing] == ["Transpose", "MatMul", "MatMul", "Transpose"]
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    assert all(producer.get(name) != "DequantizeLinear" for node in smoothing for name in node.input)  # float
+
+
 def test_astronaut_is_happy(classifier):
     """skimage's astronaut smiles; cropped the way the runtime crops, the model must say so."""
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the astronaut photo")
@@ -66,7 +85,7 @@ def test_fer_public_test_sample_scores_well_above_chance(classifier):
             truth.append(index)
     probs = classifier.predict(np.stack(images).astype(np.float32))
     accuracy = float(np.mean(probs.argmax(axis=1) == np.asarray(truth)))
-    assert accuracy > 0.45, accuracy  # chance is 1/7; a balanced sample is harder than the real mix
+    assert accuracy > 0.55, accuracy  # chance is 1/7; a balanced sample is harder than the real mix (0.66 measured)
 
 
 @pytest.mark.slow
