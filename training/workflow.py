@@ -204,7 +204,7 @@ def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str,
             continue
         ds = splits[name]
         probs = onnx_probabilities(run.onnx, ds.images[..., None].astype(np.float32))
-        split = f"{name}: {ds.root}" + (f" [{ds.pattern}]" if ds.pattern else "")
+        split = f"{name}: {ds.describe()}"
         results[name] = ev.classification_metrics(probs, ds.targets, labels, split)
         ev.plot_confusion(results[name]["confusion_matrix"], labels,
                           f"Confusion matrix, {name} (acc {results[name]['accuracy']:.3f})",
