@@ -50,8 +50,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[
     }
 
 
-def evaluate_splits(model: Path, splits: dict[str, Dataset], labels: list[str], plots: Path, title: str) -> dict:
-    """An exported model's metrics on each split, with a confusion plot per split: metrics.json's content."""
+def evaluate_splits(model: Path, splits: dict[str, Dataset], labels: list[str], plots: Path, title: str,
+                    roc: bool = False) -> dict:
+    """An exported model's metrics on each split, with a confusion (and optionally ROC) plot per split."""
     from .export import onnx_probabilities
 
     plots.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,8 @@ def evaluate_splits(model: Path, splits: dict[str, Dataset], labels: list[str], 
         results[name] = classification_metrics(probs, ds.targets, labels, f"{name}: {ds.describe()}")
         plot_confusion(results[name]["confusion_matrix"], labels,
                        f"{title}, {name} (acc {results[name]['accuracy']:.3f})", plots / f"confusion_{name}.png")
+        if roc:
+            plot_roc(probs, ds.targets, labels, f"ROC one-vs-rest, {name}", plots / f"roc_{name}.png")
         log.info("%s accuracy %.4f, macro-F1 %.4f (n=%d)", name, results[name]["accuracy"],
                  results[name]["macro_f1"], ds.targets.size)
     results["reported_on"] = "test" if "test" in results else "val" if "val" in results else None

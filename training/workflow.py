@@ -188,33 +188,16 @@ def export_run(run_root: Path, flip_tta: bool | None = None) -> dict:
 
 def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str, Dataset] | None = None) -> dict:
     """Measure the exported ONNX model exactly as the runtime runs it; write metrics.json, plots and card."""
-    from .export import onnx_probabilities
-
     run = RunDir(run_root)
     config = RunConfig.from_dict(json.loads(run.config.read_text()))
     if test is not None:
         config = dataclasses.replace(config, test=test)
     if splits is None or (test is not None):
         splits = load_splits(config)
-    labels = splits["train"].labels
-    run.plots.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
-    for name in ("val", "test"):
-        if name not in splits:
-            continue
-        ds = splits[name]
-        probs = onnx_probabilities(run.onnx, ds.images[..., None].astype(np.float32))
-        split = f"{name}: {ds.describe()}"
-        results[name] = ev.classification_metrics(probs, ds.targets, labels, split)
-        ev.plot_confusion(results[name]["confusion_matrix"], labels,
-                          f"Confusion matrix, {name} (acc {results[name]['accuracy']:.3f})",
-                          run.plots / f"confusion_{name}.png")
-        ev.plot_roc(probs, ds.targets, labels, f"ROC one-vs-rest, {name}", run.plots / f"roc_{name}.png")
-        log.info("%s accuracy %.4f, macro-F1 %.4f (n=%d, exported ONNX)", name, results[name]["accuracy"],
-                 results[name]["macro_f1"], ds.targets.size)
+    evaluated = {name: splits[name] for name in ("val", "test") if name in splits}
+    results = ev.evaluate_splits(run.onnx, evaluated, splits["train"].labels, run.plots, "Confusion matrix", roc=True)
     state = run.load_state()
     ev.plot_history(state.history, run.plots / "training_curves.png")
-    results["reported_on"] = "test" if "test" in results else "val"
     results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
     write_json_atomic(run.metrics, results)
     card = build_card(run, config, splits, results)
