@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from .detection import Detection
+from .files import write_atomically
 from .schema import EMOTIONS
 
 
@@ -48,5 +49,7 @@ def draw(
 def save(path: Path, image: np.ndarray) -> None:
     """Write an annotated frame, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
+    ok, encoded = cv2.imencode(path.suffix.lower() or ".jpg", image)
+    if not ok:
         raise OSError(f"could not write annotated image {path}")
+    write_atomically(path, encoded.tobytes())

@@ -17,10 +17,10 @@ from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from .detection import Detection
-from .digest import sha256_file
+from .files import file_digest
+from .onnx import inference_session
 from .schema import EMOTIONS
 
 T = TypeVar("T")
@@ -110,7 +110,7 @@ def load_model_card(model_path: str | os.PathLike[str] | None = None) -> ModelCa
     return ModelCard(
         path=path,
         name=f"bundled:{path.name}" if bundled else str(path),
-        sha256=sha256_file(path),
+        sha256=file_digest(path),
         labels=labels,
         height=height,
         width=width,
@@ -142,14 +142,8 @@ class Classifier:
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
-        ort.set_default_logger_severity(3)  # errors only: onnxruntime's warnings would clutter cron logs
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(card.path), options, providers=["CPUExecutionProvider"])
+            self._session = inference_session(str(card.path))
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelUnavailable(f"cannot load model {card.path}: {exc}") from exc
         model_input = self._session.get_inputs()[0]

@@ -31,7 +31,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .defaults import DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH, DETECTOR_CHOICES
-from .digest import sha256_file
+from .files import file_digest
+from .onnx import inference_session
 from .fetch import cached_yunet_path
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def resolve_detector(
     if choice in ("auto", "yunet"):
         path = locate_yunet(model_path)
         if path is not None:
-            return DetectorSpec(kind="yunet", path=path, sha256=sha256_file(path), **common)
+            return DetectorSpec(kind="yunet", path=path, sha256=file_digest(path), **common)
         if choice == "yunet":
             raise DetectorUnavailable(f"YuNet model file not found; {_fetch_hint()}")
     if haar_available():
@@ -131,7 +132,7 @@ def resolve_detector(
             log.warning(
                 "YuNet model file not found, using the Haar cascade (less accurate); %s", _fetch_hint()
             )
-        return DetectorSpec(kind="haar", path=path, sha256=sha256_file(path), **common)
+        return DetectorSpec(kind="haar", path=path, sha256=file_digest(path), **common)
     if choice == "haar":
         raise DetectorUnavailable(
             f"Haar cascades are not available in OpenCV {cv2.__version__} (removed in OpenCV 5); "
@@ -315,17 +316,7 @@ def yunet_decode(
 
 def _yunet_session(path: Path) -> ort.InferenceSession:
     """A single-threaded onnxruntime session on YuNet with free input and output sizes."""
-    ort.set_default_logger_severity(3)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        free_io_dims(path.read_bytes(), keep_outputs=_YUNET_OUTPUTS),
-        options,
-        providers=["CPUExecutionProvider"],
-    )
+    session = inference_session(free_io_dims(path.read_bytes(), keep_outputs=_YUNET_OUTPUTS))
     missing = set(_YUNET_OUTPUTS) - {o.name for o in session.get_outputs()}
     if missing:
         raise ValueError(f"not a YuNet model: no outputs {sorted(missing)}")

@@ -1,15 +1,15 @@
-"""Content fingerprints, so every output names exactly which model and detector produced it."""
+"""Content fingerprints, so every output names exactly which model and detector produced it.
+
+Kept as the import path `emotion_train` uses; the implementation is `files.file_digest`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
+from .files import file_digest
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so large files do not load into memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's content."""
+    return file_digest(path)

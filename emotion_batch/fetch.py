@@ -7,16 +7,15 @@ load. Offline users can install from a local copy (`--from PATH`) or a mirror (`
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import platformdirs
 
-from .digest import sha256_file
+from .files import atomic_path, file_digest
 
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -47,33 +46,27 @@ def _copy_verified(
 ) -> None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        writing = atomic_path(dest, suffix=".part")
+        pending = writing.__enter__()
     except OSError as exc:
         raise FetchError(f"cannot write to {dest.parent}: {exc.strerror or exc}") from exc
-    digest = hashlib.sha256()
-    total = 0
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with contextlib.ExitStack() as stack:
+        stack.push(writing)  # on success: fsync and rename into place; otherwise the temporary file goes
+        total = 0
+        with open(pending.path, "wb") as out:
             for chunk in iter(lambda: stream.read(1 << 16), b""):
                 total += len(chunk)
                 if total > _MAX_BYTES:
                     raise FetchError(f"refusing a file larger than {_MAX_BYTES // (1024 * 1024)} MiB")
-                digest.update(chunk)
                 out.write(chunk)
                 if progress:
                     progress(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
+        actual = file_digest(pending.path)
         if actual != expected_sha256:
             raise FetchError(
                 f"sha256 mismatch: expected {expected_sha256}, got {actual} ({total} bytes); "
                 "the file is corrupt or not the official YuNet model, so it was not installed"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch_yunet(
@@ -92,7 +85,7 @@ def fetch_yunet(
     `force` is false.
     """
     target = Path(dest) if dest is not None else cached_yunet_path()
-    if not force and target.is_file() and sha256_file(target) == expected_sha256:
+    if not force and target.is_file() and file_digest(target) == expected_sha256:
         return target
     try:
         if from_file is not None:

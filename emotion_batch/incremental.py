@@ -30,13 +30,16 @@ from .progress import Progress
 from .runner import ExecutorPlan, FileResult, describe_settings, dispatch, skipped_result
 from .schema import summary_frame
 from .shards import ShardStore, assemble, shard_name
-from .sinks import TEMP_SUFFIX, OutputError, temp_prefix, write_table
+from .files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
+from .sinks import OutputError, write_table
 from .sources import Source
 from .state import FileRecord, StateStore, explain_change, fingerprint_of
 
 log = logging.getLogger("emotion_batch")
 
 STATE_SUFFIX = ".state"
+#: Charts are drawn into a temporary file with this suffix (matplotlib picks the format by extension).
+CHART_TEMP_SUFFIX = ".tmp.png"
 
 
 class SettingsChanged(Exception):
@@ -102,7 +105,7 @@ class OutputPaths:
             places.append((self.charts, "."))
         for folder, prefix in places:
             for entry in folder.glob(prefix + "*"):
-                if entry.name.endswith((TEMP_SUFFIX, ".tmp.png")) and entry.is_file():
+                if entry.name.endswith((TEMP_SUFFIX, CHART_TEMP_SUFFIX)) and entry.is_file():
                     entry.unlink(missing_ok=True)
                     removed += 1
         return removed
@@ -157,14 +160,10 @@ def _probe(folder: Path) -> None:
 
 
 def _hash_file(path: Path) -> str | None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        return file_digest(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 class IncrementalRun:
@@ -381,14 +380,13 @@ class IncrementalRun:
 
 def draw_atomically(draw: Callable[..., Path | None], target: Path, data: Any, *args: Any) -> None:
     """Draw a chart into a temporary PNG and rename it into place; a chart problem never fails the run."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.png")
     try:
-        if draw(data, *args, tmp) is not None:
-            os.replace(tmp, target)
-            log.debug("chart %s", target)
-        else:
+        with atomic_path(target, suffix=CHART_TEMP_SUFFIX) as pending:
+            if draw(data, *args, pending.path) is None:
+                pending.discard()
+        if pending.discarded:
             target.unlink(missing_ok=True)  # nothing to draw now: do not leave an outdated chart behind
+        else:
+            log.debug("chart %s", target)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not draw chart %s: %s", target, exc)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -5,13 +5,12 @@ that is not valid UTF-8, blocks forever on a named pipe, and a small image file 
 pixels makes it allocate gigabytes. So each file is first opened here without blocking, fingerprinted (size,
 mtime, sha256: its identity for the state store), sniffed by its magic bytes, and for images measured from the
 header. The result is either a specific `FileProblem` naming the cause, or what the decoder may safely do.
-Only the standard library is used, so this runs in the worker before OpenCV touches the file.
+Only the standard library and Pillow's header parsers are used, so this runs before OpenCV touches the file.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import struct
@@ -20,9 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .defaults import DEFAULT_MAX_PIXELS
+from .files import file_digest
 
 #: How many leading bytes are sniffed.
 HEAD_BYTES = 64 * 1024
@@ -144,84 +144,42 @@ def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
     return fh.read(size)
 
 
-def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
-    """Walk the JPEG segments (seeking past large EXIF blocks) to the first start-of-frame marker."""
-    offset = 2
-    for _ in range(10_000):
-        marker = _read_at(fh, offset, 4)
-        if len(marker) < 4 or marker[0] != 0xFF:
-            return None
-        code = marker[1]
-        if code == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:  # markers without a length
-            offset += 2
-            continue
-        length = struct.unpack(">H", marker[2:4])[0]
-        if code in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            body = _read_at(fh, offset + 5, 4)
-            if len(body) < 4:
-                return None
-            height, width = struct.unpack(">HH", body)
-            return width, height
-        if code in (0xD9, 0xDA):  # end of image, or start of scan before any frame header
-            return None
-        offset += 2 + length
-    return None
+def image_size(fh: BinaryIO, fmt: str) -> tuple[int, int] | None:
+    """(width, height) as the image header states it, without decoding; None when it cannot be told.
 
-
-def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
-    head = _read_at(fh, 0, 8)
-    order = "<" if head[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(order + "I", head[4:8])
-    count_raw = _read_at(fh, ifd, 2)
-    if len(count_raw) < 2:
+    Pillow's format plugin for the sniffed format parses the header only (pixels are read on `load()`, which is
+    never called). The plugin class is used directly: `Image.open` would refuse a header above Pillow's own
+    decompression-bomb limit before this module could apply `--max-pixels`.
+    """
+    opener = _pillow_opener(fmt)
+    if opener is None:
         return None
-    (count,) = struct.unpack(order + "H", count_raw)
-    entries = _read_at(fh, ifd + 2, 12 * min(count, 4096))
-    found: dict[int, int] = {}
-    for i in range(len(entries) // 12):
-        tag, kind, _n = struct.unpack(order + "HHI", entries[12 * i : 12 * i + 8])
-        if tag in (256, 257):
-            value = entries[12 * i + 8 : 12 * i + 12]
-            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
-    if 256 in found and 257 in found:
-        return found[256], found[257]
-    return None
-
-
-def image_size(fh: BinaryIO, fmt: str, head: bytes) -> tuple[int, int] | None:
-    """(width, height) as the image header states it, without decoding; None when it cannot be told."""
     try:
-        if fmt == "PNG" and len(head) >= 24:
-            width, height = struct.unpack(">II", head[16:24])
-            return width, height
-        if fmt == "GIF" and len(head) >= 10:
-            return struct.unpack("<HH", head[6:10])
-        if fmt == "BMP":
-            (dib,) = struct.unpack("<I", head[14:18])
-            if dib == 12:
-                return struct.unpack("<HH", head[18:22])
-            width, height = struct.unpack("<ii", head[18:26])
-            return abs(width), abs(height)
-        if fmt == "WebP" and len(head) >= 30:
-            chunk = head[12:16]
-            if chunk == b"VP8X":
-                return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
-            if chunk == b"VP8L":
-                bits = int.from_bytes(head[21:25], "little")
-                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-            if chunk == b"VP8 ":
-                width, height = struct.unpack("<HH", head[26:30])
-                return width & 0x3FFF, height & 0x3FFF
-        if fmt == "JPEG":
-            return _jpeg_size(fh)
-        if fmt == "TIFF":
-            return _tiff_size(fh)
-    except (struct.error, OSError, ValueError):
+        fh.seek(0)
+        with opener(fh) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - any parse failure: the size is unknown, the decoder decides
         return None
-    return None
+    return int(width), int(height)
+
+
+def _pillow_opener(fmt: str) -> Any:
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+    openers: dict[str, Any] = {
+        "JPEG": JpegImagePlugin.JpegImageFile,
+        "PNG": PngImagePlugin.PngImageFile,
+        "GIF": GifImagePlugin.GifImageFile,
+        "BMP": BmpImagePlugin.BmpImageFile,
+        "TIFF": TiffImagePlugin.TiffImageFile,
+    }
+    if fmt == "WebP":
+        try:
+            from PIL import WebPImagePlugin
+        except ImportError:  # a Pillow built without WebP
+            return None
+        return WebPImagePlugin.WebPImageFile
+    return openers.get(fmt)
 
 
 # --- containers ------------------------------------------------------------------------------------------------
@@ -280,12 +238,11 @@ def inspect(path: Path, media_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             raise FileProblem("empty", "empty file (0 bytes)")
         try:
             head = fh.read(HEAD_BYTES)
-            digest = hashlib.sha256(head)
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+            fh.seek(0)
+            digest = file_digest(fh)
         except OSError as exc:
             raise FileProblem("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
-        identity = FileIdentity(info.st_size, info.st_mtime_ns, digest.hexdigest())
+        identity = FileIdentity(info.st_size, info.st_mtime_ns, digest)
 
         fmt = sniff(head)
         notes: list[str] = []
@@ -299,7 +256,7 @@ def inspect(path: Path, media_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             notes.append(f"the content is {fmt} although the extension {path.suffix} says {media_type}; "
                          f"analysed as {'an image' if actual == 'image' else 'a video'}")  # fmt: skip
         if actual == "image" and fmt is not None:
-            size = image_size(fh, fmt, head)
+            size = image_size(fh, fmt)
             if size is not None and size[0] * size[1] > max_pixels:
                 width, height = size
                 raise FileProblem(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .schema import ROW_COLUMNS, rows_frame
-from .sinks import PARQUET_SUFFIXES, TEMP_SUFFIX, atomic_file, csv_text, open_sink, write_csv_parts
+from .sinks import PARQUET_SUFFIXES, TEMP_SUFFIX, atomic_output, csv_text, open_sink, write_csv_parts
 
 SHARD_SUFFIX = ".csv"
 
@@ -42,7 +42,7 @@ class ShardStore:
     def write(self, name: str, rows: pd.DataFrame) -> int:
         """Write one file's rows (aligned to the contract's columns) atomically; return the shard's size."""
         text = csv_text(rows.reindex(columns=list(ROW_COLUMNS))).encode("utf-8")
-        with atomic_file(self.path(name)) as fh:
+        with atomic_output(self.path(name)) as fh:
             fh.write(text)
         return len(text)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -17,39 +16,15 @@ from typing import IO, Any, BinaryIO, Self
 
 import pandas as pd
 
+from .files import TEMP_SUFFIX, PendingFile, atomic_file, atomic_path, temp_prefix
+
+__all__ = ["TEMP_SUFFIX", "OutputError", "atomic_output", "open_sink", "temp_prefix", "write_table"]
+
 PARQUET_SUFFIXES = (".parquet", ".pq")
-#: Prefix and suffix of the temporary files; leftovers of killed runs are recognised (and removed) by them.
-TEMP_SUFFIX = ".tmp"
-
-
-# Temporary files are created 0600; outputs get the permissions a plain open() would give them.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class OutputError(Exception):
     """An output cannot be written; raised before any analysis work when possible."""
-
-
-def _mkstemp(target: Path) -> tuple[int, str]:
-    fd, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    return fd, name
-
-
-def temp_prefix(path: Path) -> str:
-    """Hidden, so a temporary output inside an input folder is never picked up as an input."""
-    return f".{path.name}."
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (the new directory entry reaches the disk)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _failure(path: Path, exc: OSError) -> OutputError:
@@ -58,25 +33,14 @@ def _failure(path: Path, exc: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A binary file handle whose content replaces `path` only if the block completes; OSError -> OutputError."""
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """`files.atomic_file` for an output: a binary handle, with OSError turned into OutputError."""
     target = Path(path)
     try:
-        fd, name = _mkstemp(target)
-    except OSError as exc:
-        raise _failure(target, exc) from exc
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(target) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        fsync_folder(target.parent)
     except OSError as exc:
         raise _failure(target, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def csv_text(frame: pd.DataFrame, header: bool = True) -> str:
@@ -91,7 +55,7 @@ def write_csv_parts(path: str | os.PathLike[str], header: str, parts: Iterable[P
     the same frames in one go.
     """
     rows = 0
-    with atomic_file(path) as out:
+    with atomic_output(path) as out:
         out.write(header.encode("utf-8"))
         for part in parts:
             with open(part, "rb") as fh:
@@ -103,25 +67,29 @@ def write_csv_parts(path: str | os.PathLike[str], header: str, parts: Iterable[P
 
 
 class _AtomicSink:
-    """Context manager owning the temporary file; subclasses format the content."""
+    """Context manager owning the temporary file (`files.atomic_path`); subclasses format the content."""
 
     def __init__(self, path: str | os.PathLike[str], template: pd.DataFrame) -> None:
         self.path = Path(path)
         #: An empty frame with the output's columns and dtypes, which every written frame is aligned to.
         self.template = template
         self.rows_written = 0
-        self._tmp: Path | None = None
+        self._stack = contextlib.ExitStack()
+        self._pending: PendingFile | None = None
 
     def __enter__(self) -> Self:
         folder = self.path.parent
         if not folder.is_dir():
             raise OutputError(f"output folder does not exist: {folder}")
         try:
-            fd, name = _mkstemp(self.path)
+            self._pending = self._stack.enter_context(atomic_path(self.path))
         except OSError as exc:
             raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
-        self._tmp = Path(name)
-        self._open(fd)
+        try:
+            self._open(self._pending.path)
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
@@ -135,18 +103,17 @@ class _AtomicSink:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._tmp is not None
+        assert self._pending is not None
         try:
             self._close(ok=exc_type is None)
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-                fsync_folder(self.path.parent)
+            if exc_type is not None:
+                self._pending.discard()
+            self._stack.close()  # fsync, rename, fsync the folder; or remove the temporary file
         except OSError as error:
+            self._stack.close()
             raise _failure(self.path, error) from error
-        finally:
-            self._tmp.unlink(missing_ok=True)
 
-    def _open(self, fd: int) -> None:
+    def _open(self, path: Path) -> None:
         raise NotImplementedError
 
     def _write(self, frame: pd.DataFrame) -> None:
@@ -161,8 +128,8 @@ class CsvSink(_AtomicSink):
 
     _fh: IO[str]
 
-    def _open(self, fd: int) -> None:
-        self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+    def _open(self, path: Path) -> None:
+        self._fh = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in _close
         self._header_done = False
 
     def _write(self, frame: pd.DataFrame) -> None:
@@ -173,19 +140,14 @@ class CsvSink(_AtomicSink):
         try:
             if ok and not self._header_done:
                 self._write(self.template)
-            if ok:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
         finally:
-            with contextlib.suppress(OSError):  # a failed flush was reported above; close must not mask it
-                self._fh.close()
+            self._fh.close()
 
 
 class ParquetSink(_AtomicSink):
     """Parquet via pyarrow (the `parquet` extra), one row group per written batch."""
 
-    def _open(self, fd: int) -> None:
-        os.close(fd)
+    def _open(self, path: Path) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -193,8 +155,7 @@ class ParquetSink(_AtomicSink):
             raise OutputError("Parquet output needs pyarrow: pip install 'emotion-batch[parquet]'") from exc
         self._pa = pa
         self._schema = pa.Schema.from_pandas(self.template, preserve_index=False)
-        assert self._tmp is not None
-        self._writer: Any = pq.ParquetWriter(str(self._tmp), self._schema)
+        self._writer: Any = pq.ParquetWriter(str(path), self._schema)
 
     def _write(self, frame: pd.DataFrame) -> None:
         self._writer.write_table(self._pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False))

@@ -1,0 +1,95 @@
+"""File plumbing every layer shares: atomic writes (always fsynced) and file digests. Standard library only.
+
+An atomic write goes to a hidden temporary file beside its target (`.<name>.XXXX<suffix>`, so a leftover of a
+killed run is never read as an input and is recognised for clean-up), which is flushed to disk and renamed over
+the target only when the block completes; the rename itself is made durable by syncing the folder. A reader
+therefore sees the old file or the new one, never a partial one, whatever happens (a crash, a kill, a full disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+#: Suffix of temporary files; leftovers of killed runs are recognised (and removed) by it and `temp_prefix`.
+TEMP_SUFFIX = ".tmp"
+
+# Temporary files are created 0600; outputs get the permissions a plain open() would give them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def temp_prefix(path: Path) -> str:
+    """Hidden, so a temporary output inside an input folder is never picked up as an input."""
+    return f".{path.name}."
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (the new directory entry reaches the disk)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class PendingFile:
+    """The temporary file of an atomic write: write to `path`; `discard()` to leave the target as it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.discarded = False
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> Iterator[PendingFile]:
+    """A temporary file beside `target` that replaces it (fsynced, then renamed) when the block completes.
+
+    For writers that want a path (matplotlib, pyarrow). OSError propagates; the temporary file never stays.
+    """
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=suffix, dir=target.parent)
+    pending = PendingFile(Path(name))
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.close(fd)
+        yield pending
+        if not pending.discarded:
+            with open(pending.path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(pending.path, target)
+            fsync_folder(target.parent)
+    finally:
+        pending.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(
+    target: str | os.PathLike[str], mode: str = "wb", suffix: str = TEMP_SUFFIX, **open_args: Any
+) -> Iterator[IO[Any]]:
+    """An open file whose content replaces `target` only if the block completes (see `atomic_path`)."""
+    with atomic_path(target, suffix) as pending, open(pending.path, mode, **open_args) as fh:
+        yield fh
+
+
+def write_atomically(target: str | os.PathLike[str], data: bytes) -> None:
+    """Replace `target` with `data` atomically."""
+    with atomic_file(target) as fh:
+        fh.write(data)
+
+
+def file_digest(file: str | os.PathLike[str] | BinaryIO, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's content (a path, or a binary file object read from its current position)."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as fh:
+            return hashlib.file_digest(fh, algorithm).hexdigest()
+    return hashlib.file_digest(file, algorithm).hexdigest()
