@@ -159,7 +159,7 @@ def _pipeline_once(conn, folder: Path, options, names: set[str]) -> None:
     thing so that it imports OpenCV and onnxruntime while the command imports its own modules (the baseline's
     decode processes are likewise started before its clock).
     """
-    from emotion_batch.prestart import start_worker_server
+    from emotion_batch.batch.prestart import start_worker_server
 
     start_worker_server(options.max_pixels, options.workers)
     from emotion_batch import api
@@ -205,7 +205,7 @@ class ReferenceYuNet:
     """Plain cv2.FaceDetectorYN on an INTER_AREA copy `width` px wide: the detection the pipeline started from."""
 
     def __init__(self, spec, width: int = 640) -> None:
-        from emotion_batch.detection import OpenCVYuNetDetector
+        from emotion_batch.vision.detection import OpenCVYuNetDetector
 
         self.width = width
         # No further downscaling inside: this class makes the working copy itself.
@@ -229,7 +229,7 @@ def face_recall(results: list, settings, reference_width: int = 640) -> tuple[in
     run's score threshold and minimum face size, on the same sampled frames; a face counts as found when the
     pipeline reported a face on the same frame with IoU >= 0.5 (each pipeline face matches one reference face).
     """
-    from emotion_batch.sampling import FrameSampler
+    from emotion_batch.media.sampling import FrameSampler
 
     reference = ReferenceYuNet(settings.detector, reference_width)
     total = found = extra = 0
@@ -282,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.fps is None and args.every is None:
         args.fps = 5.0
     if args.detector_model is None and "EMOTION_BATCH_DETECTOR_MODEL" not in os.environ:
-        from emotion_batch.detection import locate_yunet
+        from emotion_batch.vision.detection import locate_yunet
 
         if locate_yunet() is None and YUNET_IN_SHARED.is_file():
             args.detector_model = YUNET_IN_SHARED

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .classification import ModelUnavailable, load_model_card
+from .analysis import FileResult, Settings, engine_for
+from .batch.executors import ExecutorPlan, dispatch, local_executor
+from .batch.prestart import start_worker_server
 from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH
-from .detection import DetectorUnavailable, resolve_detector
-from .fetch import YUNET_SHA256, cached_yunet_path
-from .prestart import start_worker_server
-from .progress import NoProgress, Progress, TqdmProgress
-from .runner import ExecutorPlan, FileResult, Settings, dispatch, engine_for, local_executor
-from .sampling import SamplingPlan
+from .media.sampling import SamplingPlan
+from .media.sources import Source, discover
+from .output.progress import NoProgress, Progress, TqdmProgress
 from .schema import rows_frame, summary_frame
-from .sources import Source, discover
+from .vision.classification import ModelUnavailable, load_model_card
+from .vision.detection import DetectorUnavailable, resolve_detector
+from .vision.fetch import YUNET_SHA256, cached_yunet_path
 
 PathLike = str | os.PathLike[str]
 
@@ -126,7 +127,7 @@ def make_executor(
     Raises ConfigError when the cluster cannot be used.
     """
     if job.scheduler:
-        from .cluster import ClusterUnavailable, dask_executor
+        from .batch.cluster import ClusterUnavailable, dask_executor
 
         try:
             return dask_executor(job.scheduler, job.settings)

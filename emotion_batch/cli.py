@@ -218,7 +218,7 @@ def analyze(
       75  another run holds the lock on this output
       130 interrupted; run the same command again to continue
     """
-    from .prestart import start_worker_server
+    from .batch.prestart import start_worker_server
 
     if not options.get("scheduler"):
         # First, so the worker fork server's imports run on the other core while this process imports its own.
@@ -226,13 +226,14 @@ def analyze(
 
     from rich.console import Console
 
-    from . import api, logs
-    from .incremental import IncrementalRun, OutputPaths, SettingsChanged
-    from .interrupts import stop_on_signals
-    from .locking import LockHeld, LockUnavailable, OutputLock
-    from .progress import LogProgress, NoProgress, RichProgress
-    from .sinks import OutputError
-    from .state import StateError, StateStore
+    from . import api
+    from .batch.incremental import IncrementalRun, OutputPaths, SettingsChanged
+    from .batch.interrupts import stop_on_signals
+    from .batch.locking import LockHeld, LockUnavailable, OutputLock
+    from .batch.state import StateError, StateStore
+    from .output import logs
+    from .output.progress import LogProgress, NoProgress, RichProgress
+    from .output.sinks import OutputError
 
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose are mutually exclusive")
@@ -427,7 +428,7 @@ def models_fetch(from_file: Path | None, url: str | None, force: bool) -> None:
 
     This is the only emotion-batch command that uses the network.
     """
-    from .fetch import YUNET_SHA256, YUNET_URL, FetchError, fetch_yunet
+    from .vision.fetch import YUNET_SHA256, YUNET_URL, FetchError, fetch_yunet
 
     source = str(from_file) if from_file else (url or YUNET_URL)
     click.echo(f"installing YuNet from {source}")
@@ -455,9 +456,9 @@ def models_info(model: Path | None, detector_model: Path | None) -> None:
     import cv2
     import onnxruntime
 
-    from .classification import ModelUnavailable, card_path_for, load_model_card
-    from .detection import DetectorUnavailable, haar_available, resolve_detector
-    from .fetch import cached_yunet_path
+    from .vision.classification import ModelUnavailable, card_path_for, load_model_card
+    from .vision.detection import DetectorUnavailable, haar_available, resolve_detector
+    from .vision.fetch import cached_yunet_path
 
     click.echo(
         f"emotion-batch {__version__}; OpenCV {cv2.__version__}; onnxruntime {onnxruntime.__version__}"

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from emotion_batch.classification import Classifier, bundled_model_path, load_model_card
 from emotion_batch.schema import EMOTIONS
+from emotion_batch.vision.classification import Classifier, bundled_model_path, load_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EMOTION_BATCH_SHARED", REPO.parent / "shared"))
@@ -65,7 +65,7 @@ def test_astronaut_is_happy(classifier):
     """skimage's astronaut smiles; cropped the way the runtime crops, the model must say so."""
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the astronaut photo")
     image = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
-    from emotion_batch.detection import Detection
+    from emotion_batch.vision.detection import Detection
 
     face = Detection(x=170.0, y=40.0, w=100.0, h=120.0, score=1.0)  # the face's box in the 512x512 photo
     probs = classifier.classify(image, [face])[0]

@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from emotion_batch.classification import bundled_model_path
-from emotion_batch.fetch import YUNET_FILENAME, cached_yunet_path
+from emotion_batch.vision.classification import bundled_model_path
+from emotion_batch.vision.fetch import YUNET_FILENAME, cached_yunet_path
 
 from .environment import SHARED, SHUFFLED_LABELS, VFR_DURATIONS, shared_path
 from .media_factory import (

@@ -28,7 +28,7 @@ def fail(x: int) -> None:
 
 
 def count_frames(n: int) -> int:
-    from emotion_batch.isolation import report_frames
+    from emotion_batch.batch.isolation import report_frames
 
     for _ in range(n):
         report_frames(1)

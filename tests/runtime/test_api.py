@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 import emotion_batch
-from emotion_batch.classification import bundled_model_path
 from emotion_batch.schema import ROW_COLUMNS
+from emotion_batch.vision.classification import bundled_model_path
 
 from .environment import run_cli
 

@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from emotion_batch.classification import (
+from emotion_batch.schema import EMOTIONS
+from emotion_batch.vision.classification import (
     Classifier,
     CropGeometry,
     FrameBatcher,
@@ -20,8 +21,7 @@ from emotion_batch.classification import (
     crop_face,
     load_model_card,
 )
-from emotion_batch.detection import Detection
-from emotion_batch.schema import EMOTIONS
+from emotion_batch.vision.detection import Detection
 
 from .environment import SHUFFLED_LABELS
 

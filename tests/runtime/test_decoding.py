@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from emotion_batch import decoding
-from emotion_batch.decoding import DECODER_ENV, OpenCVReader, PyAVReader, open_reader
-from emotion_batch.sampling import FrameSampler, SamplingPlan, _sampled_after
+from emotion_batch.media import decoding
+from emotion_batch.media.decoding import DECODER_ENV, OpenCVReader, PyAVReader, open_reader
+from emotion_batch.media.sampling import FrameSampler, SamplingPlan, _sampled_after
 
 from .environment import SHARED
 from .media_factory import read_frame_index, write_bframe_video, write_indexed_video

@@ -9,14 +9,14 @@ from pathlib import Path
 import cv2
 import pytest
 
-from emotion_batch.detection import (
+from emotion_batch.vision.detection import (
     DetectorUnavailable,
     create_detector,
     haar_available,
     locate_yunet,
     resolve_detector,
 )
-from emotion_batch.fetch import cached_yunet_path
+from emotion_batch.vision.fetch import cached_yunet_path
 
 from .environment import shared_path
 from .media_factory import astronaut_bgr, no_face_bgr

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from emotion_batch.decoding import DECODER_THREADS_ENV
-from emotion_batch.prestart import worker_environment
-from emotion_batch.runner import expected_cost
-from emotion_batch.sources import Source
+from emotion_batch.batch.executors import expected_cost
+from emotion_batch.batch.prestart import worker_environment
+from emotion_batch.media.decoding import DECODER_THREADS_ENV
+from emotion_batch.media.sources import Source
 
 
 def source(tmp_path: Path, name: str, size: int, media_type: str | None) -> Source:
@@ -53,7 +53,7 @@ def test_decoder_threads_in_worker_environment(monkeypatch, workers, preset, exp
 def test_starting_the_worker_server_imports_nothing_heavy() -> None:
     """The command starts the fork server before its own imports; that must not import them itself."""
     code = (
-        "import sys; from emotion_batch.prestart import start_worker_server; "
+        "import sys; from emotion_batch.batch.prestart import start_worker_server; "
         "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'pandas', 'av') if m in sys.modules]; "
         "print(','.join(heavy) or 'none')"
     )

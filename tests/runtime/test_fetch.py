@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from emotion_batch.fetch import YUNET_FILENAME, FetchError, cached_yunet_path, fetch_yunet
+from emotion_batch.vision.fetch import YUNET_FILENAME, FetchError, cached_yunet_path, fetch_yunet
 
 from .environment import run_cli
 

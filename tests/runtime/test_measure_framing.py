@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from emotion_batch.classification import CropGeometry, load_model_card
+from emotion_batch.vision.classification import CropGeometry, load_model_card
 
 from .environment import REPO, shared_path
 

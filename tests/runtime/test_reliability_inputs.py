@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from emotion_batch.inspection import (
+from emotion_batch.media.inspection import (
     FileProblem,
     decoder_path,
     image_size,

@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from emotion_batch.isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, describe_exit
+from emotion_batch.batch.isolation import IsolatedExecutor, TaskTimedOut, WorkerCrashed, describe_exit
 
 from . import isolation_tasks as tasks
 from .cli_runs import alive
@@ -100,7 +100,7 @@ def test_workers_die_with_their_parent_even_when_it_is_sigkilled(tmp_path) -> No
     script = textwrap.dedent(
         """
         import sys, time
-        from emotion_batch.isolation import IsolatedExecutor
+        from emotion_batch.batch.isolation import IsolatedExecutor
         from tests.runtime import isolation_tasks as tasks
         if __name__ == "__main__":
             executor = IsolatedExecutor(2)

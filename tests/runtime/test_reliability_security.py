@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import emotion_batch
-from emotion_batch.classification import bundled_model_path
 from emotion_batch.digest import sha256_file
-from emotion_batch.fetch import YUNET_FILENAME
+from emotion_batch.vision.classification import bundled_model_path
+from emotion_batch.vision.fetch import YUNET_FILENAME
 
 from .cli_runs import run, summary_of
 
@@ -76,7 +76,7 @@ def _looks_like_sql(node: ast.AST) -> bool:
 
 
 def test_no_pickle_eval_shell_or_formatted_sql_in_the_package() -> None:
-    sources = sorted(PACKAGE.glob("*.py"))
+    sources = sorted(PACKAGE.rglob("*.py"))
     assert len(sources) > 15
     problems = [v for path in sources for v in _violations(path)]
     assert problems == []
@@ -84,7 +84,7 @@ def test_no_pickle_eval_shell_or_formatted_sql_in_the_package() -> None:
 
 def test_pickle_in_isolation_only_reads_what_the_parent_made() -> None:
     """The one allowed module unpickles its own initializer blob and round-trips exceptions; nothing else."""
-    tree = ast.parse((PACKAGE / "isolation.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "batch" / "isolation.py").read_text(encoding="utf-8"))
     loads = [
         ast.unparse(node)
         for node in ast.walk(tree)

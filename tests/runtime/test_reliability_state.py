@@ -14,12 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from emotion_batch.inspection import FileIdentity
-from emotion_batch.locking import LockHeld, OutputLock
+from emotion_batch.batch.locking import LockHeld, OutputLock
+from emotion_batch.batch.shards import ShardStore, assemble, shard_name
+from emotion_batch.batch.state import FileRecord, StateError, StateStore, explain_change, fingerprint_of
+from emotion_batch.media.inspection import FileIdentity
+from emotion_batch.output.sinks import open_sink
 from emotion_batch.schema import rows_frame
-from emotion_batch.shards import ShardStore, assemble, shard_name
-from emotion_batch.sinks import open_sink
-from emotion_batch.state import FileRecord, StateError, StateStore, explain_change, fingerprint_of
 
 from .environment import REPO
 from .test_sinks import ROWS
@@ -160,7 +160,7 @@ def test_shard_names_are_flat_and_unique_per_content_and_settings() -> None:
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from emotion_batch.locking import OutputLock
+    from emotion_batch.batch.locking import OutputLock
     lock = OutputLock(sys.argv[1])
     lock.acquire()
     print("locked", flush=True)

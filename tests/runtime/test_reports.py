@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from emotion_batch.reports import chart_filename, file_stats, overview_chart, timeline_chart
+from emotion_batch.analysis import file_stats
+from emotion_batch.output.charts import chart_filename, overview_chart, timeline_chart
 from emotion_batch.schema import EMOTIONS, rows_frame, summary_frame
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emotion_batch.sampling import FrameSampler, MediaError, SamplingPlan
+from emotion_batch.media.sampling import FrameSampler, MediaError, SamplingPlan
 
 from .environment import VFR_DURATIONS
 from .media_factory import astronaut_bgr, read_frame_index, write_indexed_video

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from emotion_batch.output.sinks import OutputError, open_sink
 from emotion_batch.schema import ROW_COLUMNS, rows_frame
-from emotion_batch.sinks import OutputError, open_sink
 
 PROBS = (0.1, 0.05, 0.05, 0.6123456789012345, 0.1, 0.05, 0.0376543210987655)
 ROWS = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emotion_batch.sources import discover, media_type_for
+from emotion_batch.media.sources import discover, media_type_for
 
 
 def touch(root: Path, *names: str) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from emotion_batch import detection
-from emotion_batch.detection import (
+from emotion_batch.vision import detection
+from emotion_batch.vision.detection import (
     Detection,
     OpenCVYuNetDetector,
     YuNetDetector,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion_batch.decoding import DECODER_THREADS_ENV
-from emotion_batch.sampling import Frame, FrameSampler, SamplingPlan, prefetched
+from emotion_batch.media.decoding import DECODER_THREADS_ENV
+from emotion_batch.media.sampling import Frame, FrameSampler, SamplingPlan, prefetched
 
 from .environment import SHARED
 from .media_factory import write_indexed_video

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotion_batch.detection import Detection, create_detector, resolve_detector
-from emotion_batch.sampling import FrameSampler, SamplingPlan
-from emotion_batch.tracking import FaceTracker, smooth
+from emotion_batch.media.sampling import FrameSampler, SamplingPlan
+from emotion_batch.vision.detection import Detection, create_detector, resolve_detector
+from emotion_batch.vision.tracking import FaceTracker, smooth
 
 
 def box(cx: float, cy: float, w: float = 60.0) -> Detection:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .schema import ROW_COLUMNS, rows_frame
-from .sinks import PARQUET_SUFFIXES, TEMP_SUFFIX, atomic_output, csv_text, open_sink, write_csv_parts
+from ..output.sinks import PARQUET_SUFFIXES, TEMP_SUFFIX, atomic_output, csv_text, open_sink, write_csv_parts
+from ..schema import ROW_COLUMNS, rows_frame
 
 SHARD_SUFFIX = ".csv"
 

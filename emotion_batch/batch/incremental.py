@@ -24,15 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from . import reports
-from .api import Job
-from .progress import Progress
-from .runner import ExecutorPlan, FileResult, describe_settings, dispatch, skipped_result
-from .schema import summary_frame
+from ..analysis import FileResult, describe_settings, skipped_result
+from ..api import Job
+from ..files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
+from ..media.sources import Source
+from ..output import charts
+from ..output.progress import Progress
+from ..output.sinks import OutputError, write_table
+from ..schema import summary_frame
+from .executors import ExecutorPlan, dispatch
 from .shards import ShardStore, assemble, shard_name
-from .files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
-from .sinks import OutputError, write_table
-from .sources import Source
 from .state import FileRecord, StateStore, explain_change, fingerprint_of
 
 log = logging.getLogger("emotion_batch")
@@ -297,8 +298,8 @@ class IncrementalRun:
     # 4. outputs -------------------------------------------------------------------------------------------------
     def _timeline(self, rows: pd.DataFrame, source: str) -> None:
         assert self.paths.charts is not None
-        target = self.paths.charts / reports.chart_filename(source)
-        draw_atomically(reports.timeline_chart, target, rows, source)
+        target = self.paths.charts / charts.chart_filename(source)
+        draw_atomically(charts.timeline_chart, target, rows, source)
 
     def finish(self, plan: Plan, processed: int) -> Outcome:
         """Re-assemble `--out`, the summary and the charts from the state store, then tidy the state folder."""
@@ -328,7 +329,7 @@ class IncrementalRun:
             self.state.set_meta("assembled", {"digest": digest, **self._stamp()})
         if self.paths.charts is not None:
             self._heal_timelines(table, records)
-            draw_atomically(reports.overview_chart, self.paths.charts / "overview.png", table)
+            draw_atomically(charts.overview_chart, self.paths.charts / "overview.png", table)
         self._tidy(records)
         return Outcome(table, rows, processed, plan.kept, rewritten=rewritten)
 
@@ -357,7 +358,7 @@ class IncrementalRun:
         ok_video = (table["status"] == "ok") & (table["media_type"] == "video")
         wanted = table[ok_video.fillna(False) & (table["faces"].fillna(0) > 0)]
         for source in wanted["source"]:
-            target = self.paths.charts / reports.chart_filename(source)
+            target = self.paths.charts / charts.chart_filename(source)
             rec = records.get(source)
             if (
                 not target.exists()
@@ -365,7 +366,7 @@ class IncrementalRun:
                 and rec.shard
                 and self.shards.intact(rec.shard, rec.shard_size)
             ):
-                draw_atomically(reports.timeline_chart, target, self.shards.read(rec.shard), source)
+                draw_atomically(charts.timeline_chart, target, self.shards.read(rec.shard), source)
 
     def _tidy(self, records: dict[str, FileRecord]) -> None:
         """Forget files that no longer exist anywhere; remove shards no record points to."""

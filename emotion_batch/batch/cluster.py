@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .runner import ExecutorPlan, Settings
+from ..analysis import Settings
+from .executors import ExecutorPlan
 
 log = logging.getLogger("emotion_batch")
 

@@ -16,7 +16,7 @@ from typing import IO, Any, BinaryIO, Self
 
 import pandas as pd
 
-from .files import TEMP_SUFFIX, PendingFile, atomic_file, atomic_path, temp_prefix
+from ..files import TEMP_SUFFIX, PendingFile, atomic_file, atomic_path, temp_prefix
 
 __all__ = ["TEMP_SUFFIX", "OutputError", "atomic_output", "open_sink", "temp_prefix", "write_table"]
 

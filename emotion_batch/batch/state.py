@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from .inspection import FileIdentity
+from ..media.inspection import FileIdentity
 
 SCHEMA_VERSION = 1
 

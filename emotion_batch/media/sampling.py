@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..defaults import DEFAULT_FPS, DEFAULT_PREFETCH
 from .decoding import EPS, MediaError, VideoReader, open_reader
-from .defaults import DEFAULT_FPS, DEFAULT_PREFETCH
 
 __all__ = ["Frame", "FrameSampler", "MediaError", "SamplingPlan", "prefetched"]
 

@@ -29,7 +29,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .defaults import DECODER_THREADS_ENV
+from ..defaults import DECODER_THREADS_ENV
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .schema import EMOTIONS, ROW_COLUMNS
-from .tracking import smooth
+from ..schema import EMOTIONS
+from ..vision.tracking import smooth
 
-if TYPE_CHECKING:  # pandas only for annotations: workers import this module and should not load pandas
+if TYPE_CHECKING:  # pandas only for annotations: the module loads without it
     import pandas as pd
 
 #: One fixed colour per emotion, so every chart reads the same way.
@@ -33,30 +32,6 @@ EMOTION_COLOURS: dict[str, str] = {
 #: Tracks with fewer samples than this are usually detector blips: left out of timeline charts.
 MIN_TRACK_SAMPLES = 3
 MAX_TRACKS_PER_CHART = 6
-
-
-_FRAME, _N_FACES, _TRACK = (ROW_COLUMNS.index(c) for c in ("frame_index", "n_faces", "track_id"))
-_PROBS = [ROW_COLUMNS.index(e) for e in EMOTIONS]
-
-
-def file_stats(records: Sequence[Sequence]) -> dict[str, object]:
-    """The summary numbers of one file's row tuples (see schema.SUMMARY_COLUMNS).
-
-    Works on the tuples rather than a DataFrame so that analysis workers never need pandas.
-    """
-    faces = [r for r in records if r[_N_FACES]]
-    frames = {r[_FRAME]: bool(r[_N_FACES]) for r in records}
-    probs = np.array([[r[i] for i in _PROBS] for r in faces], dtype=np.float64).reshape(len(faces), len(EMOTIONS))
-    means = {f"mean_{e}": (float(probs[:, k].mean()) if len(faces) else np.nan) for k, e in enumerate(EMOTIONS)}
-    dominant = max(EMOTIONS, key=lambda e: means[f"mean_{e}"]) if len(faces) else None
-    return {
-        "frames_sampled": len(frames),
-        "frames_with_faces": sum(frames.values()),
-        "faces": len(faces),
-        "tracks": len({r[_TRACK] for r in faces}),
-        **means,
-        "dominant_emotion": dominant,
-    }
 
 
 def chart_filename(source: str, suffix: str = ".timeline.png") -> str:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .defaults import DEFAULT_MAX_PIXELS
-from .files import file_digest
+from ..defaults import DEFAULT_MAX_PIXELS
+from ..files import file_digest
 
 #: How many leading bytes are sniffed.
 HEAD_BYTES = 64 * 1024

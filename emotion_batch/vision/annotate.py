@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..files import write_atomically
+from ..schema import EMOTIONS
 from .detection import Detection
-from .files import write_atomically
-from .schema import EMOTIONS
 
 
 def annotation_path(root: Path, source: str, media_type: str, frame_index: int) -> Path:

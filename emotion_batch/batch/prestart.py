@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 
-from .defaults import DECODER_THREADS_ENV
+from ..defaults import DECODER_THREADS_ENV
 from .isolation import start_fork_server
 
 #: What a worker needs, imported once by the fork server instead of by every worker. PyAV would otherwise be
 #: imported on each worker's first video (about 50 ms); a module that is not installed is skipped.
-WORKER_MODULES = ("emotion_batch.runner", "av")
+WORKER_MODULES = ("emotion_batch.analysis", "av")
 
 
 def worker_environment(max_pixels: int, workers: int) -> dict[str, str]:

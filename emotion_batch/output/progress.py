@@ -1,7 +1,7 @@
 """How a run reports progress: tqdm for the Python API (notebooks too), rich on a terminal, log lines for cron.
 
 The pipeline only calls the small `Progress` interface, so it does not know which display is in use. All calls
-come from the main thread; frames analysed in worker processes are relayed to it by the runner.
+come from the main thread; frames analysed in worker processes are relayed to it by `batch.executors`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from .runner import FileResult
+from ..analysis import FileResult
 
 log = logging.getLogger("emotion_batch")
 

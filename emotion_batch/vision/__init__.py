@@ -1,0 +1,1 @@
+"""From a frame to faces and emotions: detection, classification, tracking, and the model files they load."""
