@@ -144,6 +144,11 @@ def main() -> None:
                    "training images, averaged with their mirror images, join the one-hot labels as targets.")
 @click.option("--teacher-weight", type=click.FloatRange(0, 1, min_open=True),
               help="Share of each target taken from --teacher.  [default: 0.5]")
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Multi-rater votes: a CSV with a 'path' column and one vote-count column per class (e.g. "
+                   "FER+'s ferplus.csv). Voted files train on their vote distribution; others on their folder.")
+@click.option("--label-weight", type=click.FloatRange(0, 1), default=None,
+              help="With --labels: share of each voted target kept from the folder label.  [default: 0]")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the horizontally flipped image's prediction inside the exported graph.")
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -152,8 +157,8 @@ def main() -> None:
 def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, train_pattern, val_pattern,
                   test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
                   fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
-                  dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight, tta, seed,
-                  resume, verbose) -> None:
+                  dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight, labels_csv, label_weight,
+                  tta, seed, resume, verbose) -> None:
     """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
@@ -164,6 +169,8 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
     weights = weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
     if teacher_weight is not None and teacher is None:
         raise click.BadParameter("only applies with --teacher", param_hint="--teacher-weight")
+    if label_weight is not None and labels_csv is None:
+        raise click.BadParameter("only applies with --labels", param_hint="--label-weight")
     model = ModelConfig(backbone=backbone, alpha=alpha, image_size=image_size, input_size=input_size,
                         weights=weights, dropout=dropout, l2=l2, bn_momentum=bn_momentum)
     train = TrainConfig(model=model, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,
@@ -171,7 +178,9 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                         fine_tune_layers=fine_tune_layers, label_smoothing=label_smoothing,
                         class_weight=class_weight, augment=augment, erasing=erasing, patience=patience, seed=seed,
                         teacher=str(teacher.resolve()) if teacher else None,
-                        teacher_weight=0.5 if teacher_weight is None else teacher_weight)
+                        teacher_weight=0.5 if teacher_weight is None else teacher_weight,
+                        labels=str(labels_csv.resolve()) if labels_csv else None,
+                        label_weight=label_weight or 0.0)
     spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None
     config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
                        val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,

@@ -13,7 +13,7 @@ from keras import layers
 
 from .config import BACKBONES, ModelConfig
 
-__all__ = ["BACKBONES", "ModelConfig", "build_augmenter", "build_classifier"]
+__all__ = ["BACKBONES", "ModelConfig", "build_classifier"]
 
 CLASSIFIER_NAME = "classifier"
 
@@ -67,31 +67,13 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     return keras.Model(inputs, outputs, name=CLASSIFIER_NAME)
 
 
-def build_augmenter(strength: float = 1.0, seed: int | None = None, erasing: float = 0.0) -> keras.Sequential:
-    """Random geometric and photometric changes, active only in training; Keras layers so any backend runs them.
+def build_training_model(classifier: keras.Model) -> keras.Model:
+    """The classifier wrapped as one layer, so checkpoints and best.keras name it the same way.
 
-    ``erasing`` is the probability of replacing a random patch (2-25% of the image) with noise, which
-    teaches the network to read a face with a hand, glasses or the frame edge over part of it.
+    Augmentation happens on the data side (training/augment.py), where one composed warp resamples once.
     """
-    s = strength
-    steps = [
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.05 * s, fill_mode="reflect", seed=seed),  # about +-18 degrees
-        layers.RandomTranslation(0.1 * s, 0.1 * s, fill_mode="reflect", seed=seed),
-        layers.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed),
-        layers.RandomShear(x_factor=0.1 * s, y_factor=0.1 * s, fill_mode="reflect", seed=seed),
-        layers.RandomBrightness(0.25 * s, value_range=(0, 255), seed=seed),
-        layers.RandomContrast(0.3 * s, value_range=(0, 255), seed=seed),
-    ]
-    if erasing > 0:
-        steps.append(layers.RandomErasing((erasing, erasing), scale=(0.02, 0.25), value_range=(0, 255), seed=seed))
-    return keras.Sequential(steps, name="augment")
-
-
-def build_training_model(classifier: keras.Model, augmenter: keras.Sequential) -> keras.Model:
-    """Augmentation in front of the classifier; saved whole so a resumed run keeps its optimiser."""
     inputs = keras.Input(classifier.input_shape[1:], name="image")
-    outputs = classifier(augmenter(inputs))
+    outputs = classifier(inputs)
     return keras.Model(inputs, outputs, name="trainer")
 
 

@@ -25,16 +25,11 @@ import numpy as np
 from emotion_batch.digest import sha256_file
 
 from .artifacts import write_json_atomic
+from .augment import AugmentConfig, augment_batch, batch_rng
 from .data import Dataset, class_weights
 from .distill import CACHE_NAME, blend_targets, cached_teacher_probabilities
-from .model import (
-    ModelConfig,
-    build_augmenter,
-    build_classifier,
-    build_training_model,
-    classifier_of,
-    set_trainable,
-)
+from .labels import read_votes, soft_targets
+from .model import ModelConfig, build_classifier, build_training_model, classifier_of, set_trainable
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +47,20 @@ class TrainConfig:
     fine_tune_layers: int = 0  # 0 = the whole backbone
     label_smoothing: float = 0.1
     class_weight: str = "sqrt"
-    augment: float = 1.0
+    augment: float = 1.0  # strength of the geometric augmentation; 0 = no augmentation at all
     erasing: float = 0.0  # probability of blanking a random patch with noise (occlusion robustness)
+    augmentation: dict | None = None  # AugmentConfig fields overriding its defaults (strength/erasing above)
+    labels: str | None = None  # a votes CSV (multi-rater soft labels); see training/labels.py
+    label_weight: float = 0.0  # share of each voted target that stays the folder's one-hot label
     patience: int = 8  # epochs without a better val accuracy before stage 2 stops
     seed: int = 42
     teacher: str | None = None  # an exported model.onnx whose probabilities join the targets (distillation)
     teacher_weight: float = 0.5  # share of each target that comes from the teacher
+
+    def augment_config(self) -> AugmentConfig:
+        fields = dict(self.augmentation or {})
+        fields.update(strength=self.augment, erasing=self.erasing)
+        return AugmentConfig.from_dict(fields)
 
     @property
     def stage1_epochs(self) -> int:
@@ -261,27 +264,82 @@ def _write_history(run: RunDir, history: list[dict]) -> None:
     os.replace(tmp, run.history_csv)
 
 
+class AugmentedBatches(keras.utils.PyDataset):
+    """One epoch of shuffled, augmented batches; the order and every draw depend only on (seed, epoch)."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
+                 augment: AugmentConfig, seed: int):
+        super().__init__()
+        self.images, self.targets, self.weights = images, targets, weights
+        self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.epoch = 0
+        self.order = np.arange(len(images))
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        images = self.images[rows]
+        if self.augment.strength > 0:
+            images = augment_batch(images, batch_rng(self.seed, self.epoch, index), self.augment)
+        return images[..., None].astype(np.float32), self.targets[rows], self.weights[rows]
+
+
+def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(targets [N, C], keep mask [N]): one-hot, or vote-blended with --labels, then teacher-blended."""
+    num_classes = config.model.num_classes
+    keep = np.ones(len(train), dtype=bool)
+    if config.labels:
+        votes = read_votes(Path(config.labels), train.files, train.labels)
+        targets = soft_targets(votes, train.targets, num_classes, config.label_weight)
+        keep = votes.keep_mask()
+        log.info("%s: votes for %d of %d training images; %d left out (raters chose no class); "
+                 "targets are %.0f%% folder label", config.labels, int(votes.has_votes.sum()), len(train),
+                 int((~keep).sum()), 100 * config.label_weight)
+    else:
+        targets = one_hot(train.targets, num_classes)
+    if config.teacher:
+        targets = distillation_targets(config, run, train, targets)
+    return targets, keep
+
+
+def validation_targets(config: TrainConfig, val: Dataset) -> np.ndarray:
+    """The validation split's targets, built as the training targets are (so val_accuracy means the same)."""
+    if config.labels:
+        votes = read_votes(Path(config.labels), val.files, val.labels)
+        return soft_targets(votes, val.targets, config.model.num_classes, config.label_weight)
+    return one_hot(val.targets, config.model.num_classes)
+
+
 def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose: int = 1) -> RunState:
-    """Train (or continue training) until both stages are done; returns the final state."""
+    """Train (or continue training) until both stages are done; returns the final state.
+
+    Each epoch is one ``model.fit`` call over batches drawn from (seed, epoch), so an epoch resumed after a
+    kill sees the same images, in the same order, with the same augmentation as it would have.
+    """
     keras.utils.set_random_seed(config.seed)
     state = run.load_state()
     if state.finished:
         log.info("run already finished (%d epochs); nothing to train", state.epochs_done)
         return state
 
-    x_train, x_val = as_inputs(train), as_inputs(val)
-    y_train = one_hot(train.targets, config.model.num_classes)
-    if config.teacher:
-        y_train = distillation_targets(config, run, train, y_train)
-    y_val = one_hot(val.targets, config.model.num_classes)
-    weights = class_weights(train.targets, config.model.num_classes, config.class_weight)
-    sample_weight = weights[train.targets].astype(np.float32)
-    steps = math.ceil(len(x_train) / config.batch_size)
+    y_train, keep = training_targets(config, run, train)
+    hard = y_train.argmax(axis=1)
+    weights = class_weights(hard[keep], config.model.num_classes, config.class_weight)
+    batches = AugmentedBatches(train.images[keep], y_train[keep], weights[hard[keep]].astype(np.float32),
+                               config.batch_size, config.augment_config(), config.seed)
+    x_val, y_val = as_inputs(val), validation_targets(config, val)
+    steps = len(batches)
     log.info("class weights (%s): %s", config.class_weight,
              ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)))
 
     classifier = build_classifier(config.model)
-    model = build_training_model(classifier, build_augmenter(config.augment, erasing=config.erasing))
+    model = build_training_model(classifier)
     compiled_stage = 0
     for stage, stage_end in ((1, config.stage1_epochs), (2, config.epochs)):
         if state.epochs_done >= stage_end or (stage == 2 and state.stopped_early):
@@ -298,17 +356,11 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
         compiled_stage = stage
         log.info("stage %d: epochs %d-%d, %d trainable weights", stage, state.epochs_done + 1, stage_end,
                  len(model.trainable_weights))
-        model.fit(
-            x_train, y_train,
-            sample_weight=sample_weight,
-            batch_size=config.batch_size,
-            epochs=stage_end,
-            initial_epoch=state.epochs_done,
-            validation_data=(x_val, y_val),
-            callbacks=[EpochCheckpoint(run, state, stage, config.patience if stage == 2 else 0)],
-            shuffle=True,
-            verbose=verbose,
-        )
+        checkpoint = EpochCheckpoint(run, state, stage, config.patience if stage == 2 else 0)
+        while state.epochs_done < stage_end and not state.stopped_early:
+            batches.start_epoch(state.epochs_done)
+            model.fit(batches, epochs=state.epochs_done + 1, initial_epoch=state.epochs_done,
+                      validation_data=(x_val, y_val), callbacks=[checkpoint], verbose=verbose)
     state.finished = True
     run.save_state(state)
     return state

@@ -266,6 +266,10 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
     if config.train.teacher:
         card["training"]["teacher"] = {"path": config.train.teacher, "weight": config.train.teacher_weight,
                                        "sha256": sha256_file(Path(config.train.teacher))}
+    if config.train.labels:
+        card["training"]["labels"] = {"votes": config.train.labels, "label_weight": config.train.label_weight,
+                                      "sha256": sha256_file(Path(config.train.labels))}
+    card["training"]["augmentation"] = config.train.augment_config().to_dict()
     if "crop" in previous:  # measured framing (scripts/measure_framing.py) survives re-export
         card["crop"] = previous["crop"]
     return card

@@ -1,0 +1,233 @@
+"""The generalisation benchmark: how a model reads faces that are not FER-2013's crisp, centred test crops.
+
+Runs any exported model through emotion_batch's own runtime (detector, crop, classifier) and reports:
+
+- ``fer2013``: accuracy against FER-2013's original labels;
+- ``ferplus``: accuracy against the majority of the FER+ raters (images whose majority is contempt, unknown,
+  not-a-face or tied are left out), and calibration against the raters' vote distributions (NLL, ECE);
+- ``robustness``: accuracy under conditions real recordings bring. *In-frame* conditions paste each face
+  into a larger scene (face width 30-200 px, random place, up to 15 degrees of roll, brightness) and find
+  it again with the real detector before cropping and classifying it, exactly as ``emotion-batch`` does
+  (accuracy is over the faces found; the detection rate is reported beside it);
+  *degradations* shrink the crop to 24 px and back, compress it at JPEG quality 25, blur it, add noise, or
+  change its gamma. The suite's mean is the mean over all conditions.
+
+Everything is seeded, so two models are compared on identical scenes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emotion_batch.classification import Classifier, crop_face
+from emotion_batch.detection import Detection, Detector
+from emotion_batch.schema import EMOTIONS
+
+from .labels import Votes, read_votes
+
+#: Face widths (pixels) of the in-frame conditions.
+FACE_WIDTHS = (30, 60, 120, 200)
+MAX_ROLL_DEG = 15.0
+SCENE = (512, 384)  # the runtime's working width for video: faces reach the detector at their pasted size
+ECE_BINS = 15
+
+
+@dataclass(frozen=True)
+class Split:
+    """Greyscale 48x48 faces with FER-2013 labels and, where FER+ has them, rater votes."""
+
+    images: np.ndarray  # uint8 [N, S, S]
+    targets: np.ndarray  # int [N] in EMOTIONS order
+    files: list[str]  # relative to the test folder's parent, e.g. test/angry/PrivateTest_1.jpg
+    votes: Votes | None
+
+
+def load_split(fer: Path, split: str, votes_csv: Path | None) -> Split:
+    images, targets, files = [], [], []
+    for index, label in enumerate(EMOTIONS):
+        for path in sorted((fer / "test" / label).glob(f"{split}_*")):
+            grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            if grey is None:
+                raise SystemExit(f"{path}: not a readable image")
+            images.append(grey)
+            targets.append(index)
+            files.append(f"{label}/{path.name}")
+    if not images:
+        raise SystemExit(f"no {split}_* images under {fer / 'test'}")
+    votes = read_votes(votes_csv, files, list(EMOTIONS)) if votes_csv and votes_csv.is_file() else None
+    return Split(np.stack(images), np.asarray(targets), files, votes)
+
+
+def classify_crops(classifier: Classifier, crops: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
+    """Probabilities [N, 7] for greyscale uint8 crops of any size, resized as the runtime resizes them."""
+    height, width = classifier.card.height, classifier.card.width
+    x = np.empty((len(crops), height, width, 1), dtype=np.float32)
+    for i, crop in enumerate(crops):
+        interpolation = cv2.INTER_AREA if crop.shape[0] > height else cv2.INTER_LINEAR
+        x[i, :, :, 0] = crop if crop.shape[:2] == (height, width) else cv2.resize(crop, (width, height),
+                                                                                 interpolation=interpolation)
+    return np.concatenate([classifier.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.mean(probs.argmax(axis=1) == targets)) if len(targets) else math.nan
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def ferplus_scores(probs: np.ndarray, votes: Votes) -> dict:
+    """Majority accuracy, and calibration against the raters (NLL of their distribution, ECE on majority)."""
+    majority = votes.majority()
+    scored = majority >= 0
+    dist = votes.distribution()
+    voted = dist.sum(axis=1) > 0
+    eps = 1e-7
+    nll = -np.sum(dist[voted] * np.log(np.clip(probs[voted], eps, 1.0)), axis=1)
+    return {
+        "images": int(scored.sum()),
+        "left_out": int((~scored).sum()),
+        "majority_accuracy": accuracy(probs[scored], majority[scored]),
+        "nll_vs_raters": float(nll.mean()),
+        "ece_majority": expected_calibration_error(probs[scored], majority[scored]),
+    }
+
+
+# --- degradations of the crop itself -----------------------------------------------------------------------
+
+def _down_up(image: np.ndarray, side: int = 24) -> np.ndarray:
+    small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, image.shape[::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def _jpeg(image: np.ndarray, quality: int = 25) -> np.ndarray:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if ok else image
+
+
+def _gamma(value: float) -> Callable[[np.ndarray], np.ndarray]:
+    table = np.clip(np.rint(255.0 * (np.arange(256) / 255.0) ** value), 0, 255).astype(np.uint8)
+    return lambda image: cv2.LUT(image, table)
+
+
+def _noise(image: np.ndarray, rng: np.random.Generator, sigma: float = 8.0) -> np.ndarray:
+    return np.clip(np.rint(image + rng.normal(0.0, sigma, image.shape)), 0, 255).astype(np.uint8)
+
+
+DEGRADATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "down_24px": lambda im, rng: _down_up(im),
+    "jpeg_q25": lambda im, rng: _jpeg(im),
+    "blur_sigma1.2": lambda im, rng: cv2.GaussianBlur(im, (0, 0), 1.2),
+    "noise_sigma8": _noise,
+    "gamma_0.5": lambda im, rng: _gamma(0.5)(im),
+    "gamma_2.0": lambda im, rng: _gamma(2.0)(im),
+}
+
+
+# --- faces in a scene, found by the real detector ------------------------------------------------------------
+
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A smooth random scene: low-frequency noise over a brightness gradient, in colour."""
+    width, height = size
+    coarse = rng.uniform(40, 200, size=(6, 8, 3)).astype(np.float32)
+    scene = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    scene += rng.normal(0, 4, size=scene.shape).astype(np.float32)
+    return np.clip(scene, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Placement:
+    centre: tuple[float, float]
+    width: float
+
+
+def paste_face(face: np.ndarray, width: int, rng: np.random.Generator) -> tuple[np.ndarray, Placement]:
+    """A BGR scene holding ``face`` at ``width`` px, rolled, brightened and feathered into a random background.
+
+    The face crop is extended by reflection so the detector sees a head with context rather than a square
+    cut-out, then rotated about its centre by up to MAX_ROLL_DEG.
+    """
+    patch = cv2.resize(face, (width, width), interpolation=cv2.INTER_AREA if width < face.shape[0] else
+                       cv2.INTER_LINEAR)
+    margin = width // 2
+    padded = cv2.copyMakeBorder(patch, margin, margin, margin, margin, cv2.BORDER_REFLECT_101)
+    side = padded.shape[0]
+    angle = float(rng.uniform(-MAX_ROLL_DEG, MAX_ROLL_DEG))
+    rotation = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), angle, 1.0)
+    rotated = cv2.warpAffine(padded, rotation, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    gain, shift = float(rng.uniform(0.6, 1.4)), float(rng.uniform(-30, 30))
+    rotated = np.clip(rotated.astype(np.float32) * gain + shift, 0, 255)
+    alpha = np.zeros((side, side), np.float32)
+    cv2.circle(alpha, (side // 2, side // 2), int(side * 0.45), 1.0, -1)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), max(1.0, side * 0.06))[..., None]
+    scene_w, scene_h = max(SCENE[0], side + 2), max(SCENE[1], side + 2)
+    scene = _background(rng, (scene_w, scene_h)).astype(np.float32)
+    left, top = int(rng.integers(0, scene_w - side + 1)), int(rng.integers(0, scene_h - side + 1))
+    region = scene[top : top + side, left : left + side]
+    scene[top : top + side, left : left + side] = alpha * rotated[..., None] + (1 - alpha) * region
+    placement = Placement((left + side / 2, top + side / 2), float(width))
+    return np.clip(np.rint(scene), 0, 255).astype(np.uint8), placement
+
+
+def find_pasted(faces: list[Detection], placement: Placement) -> Detection | None:
+    """The detection whose centre lies nearest the pasted face's, within half its width."""
+    best, best_distance = None, placement.width / 2
+    for face in faces:
+        distance = math.hypot(face.x + face.w / 2 - placement.centre[0], face.y + face.h / 2 - placement.centre[1])
+        if distance <= best_distance:
+            best, best_distance = face, distance
+    return best
+
+
+def in_frame_condition(classifier: Classifier, detector: Detector, split: Split, width: int, seed: int) -> dict:
+    """Paste every face at ``width`` px, detect, crop as the runtime does, classify; misses count as wrong."""
+    rng = np.random.default_rng([seed, width])
+    crops, kept = [], []
+    for i, face in enumerate(split.images):
+        scene, placement = paste_face(face, width, rng)
+        found = find_pasted(detector.detect(scene), placement)
+        if found is None:
+            continue
+        crops.append(cv2.cvtColor(crop_face(scene, found, classifier.card.crop), cv2.COLOR_BGR2GRAY))
+        kept.append(i)
+    index = np.asarray(kept, dtype=int)
+    correct = 0
+    if len(index):
+        probs = classify_crops(classifier, crops)
+        correct = int(np.sum(probs.argmax(axis=1) == split.targets[index]))
+    return {
+        "images": len(split.images),
+        "detected": len(index),
+        "detection_rate": len(index) / len(split.images),
+        # The suite scores the classifier: accuracy over the faces the detector found (the detector is the
+        # same for every model); accuracy_all counts a missed face as wrong, as a user would see it.
+        "accuracy": correct / len(index) if len(index) else math.nan,
+        "accuracy_all": correct / len(split.images),
+    }
+
+
+def robustness(classifier: Classifier, detector: Detector | None, split: Split, seed: int = 0) -> dict:
+    conditions: dict[str, dict] = {}
+    for name, degrade in DEGRADATIONS.items():
+        rng = np.random.default_rng([seed, len(conditions)])
+        crops = np.stack([degrade(image, rng) for image in split.images])
+        conditions[name] = {"images": len(crops), "accuracy": accuracy(classify_crops(classifier, crops),
+                                                                        split.targets)}
+    if detector is not None:
+        for width in FACE_WIDTHS:
+            conditions[f"in_frame_{width}px"] = in_frame_condition(classifier, detector, split, width, seed)
+    return {"conditions": conditions, "mean_accuracy": float(np.mean([c["accuracy"] for c in conditions.values()]))}
