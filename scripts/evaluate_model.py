@@ -1,11 +1,17 @@
-"""Measure an emotion model exactly as emotion-batch runs it: accuracy on FER-2013, speed per face, file size.
+"""The one evaluation script: any emotion model, measured exactly as emotion-batch runs it.
 
     python scripts/evaluate_model.py [--model models/model.onnx] [--fer DIR] [--split PrivateTest]
+                                     [--votes ferplus.csv] [--detector-model yunet.onnx] [--limit N] [--json F]
 
-Images are read with OpenCV as greyscale, resized to the card's input size and classified through
-emotion_batch's own Classifier (one onnxruntime session, one thread), so the figures are the shipped
-runtime's. Speed is the median of batch-1 runs on one CPU thread, including any in-graph flip TTA.
-The default split is PrivateTest: report on it, never tune on it (select on PublicTest).
+Reports, on one FER-2013 split (default PrivateTest: report on it, never tune on it; select on PublicTest):
+- FER-2013 accuracy (original labels), macro-F1, per-class figures and the confusion matrix;
+- FER+ majority accuracy and calibration against the raters (NLL, ECE), from ``--votes``;
+- the robustness suite (training/generalisation.py): faces pasted into scenes and found by the real
+  detector, and degraded crops; each condition and the mean;
+- speed (median batch-1 run on one CPU thread, including any in-graph TTA) and file size, with the CPU model.
+
+Images are read with OpenCV as greyscale and classified through emotion_batch's own Classifier (one
+onnxruntime session, one thread), so the figures are the shipped runtime's.
 """
 
 from __future__ import annotations
@@ -13,30 +19,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from emotion_batch.classification import Classifier, load_model_card
+from emotion_batch.vision.classification import Classifier, load_model_card
+from emotion_batch.vision.detection import create_detector, resolve_detector
 from emotion_batch.schema import EMOTIONS
+from emotion_train.generalisation import classify_crops, ferplus_scores, load_split, robustness
 
 
-def load_split(fer: Path, split: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    images, targets = [], []
-    for index, label in enumerate(EMOTIONS):
-        for path in sorted((fer / "test" / label).glob(f"{split}_*")):
-            grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if grey.shape[:2] != size[::-1]:
-                shrinking = grey.shape[0] > size[1]
-                grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-            images.append(grey)
-            targets.append(index)
-    if not images:
-        raise SystemExit(f"no {split}_* images under {fer / 'test'}")
-    return np.stack(images)[..., None].astype(np.float32), np.asarray(targets), list(EMOTIONS)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+                return f"{line.split(':', 1)[1].strip()} ({'with' if vnni else 'no'} VNNI)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def per_class(targets: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict:
@@ -57,23 +62,48 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--fer", type=Path, default=shared / "datasets" / "fer2013")
     parser.add_argument("--split", default="PrivateTest", choices=["PrivateTest", "PublicTest"])
+    parser.add_argument("--votes", type=Path, default=None, help="FER+ votes CSV [default: FER/ferplus.csv]")
+    parser.add_argument("--detector-model", type=Path, default=None,
+                        help="YuNet ONNX for the in-frame conditions [default: as emotion-batch finds it, else "
+                             "the shared copy]; --no-in-frame skips them")
+    parser.add_argument("--no-in-frame", action="store_true", help="skip the detector conditions (fast)")
+    parser.add_argument("--limit", type=int, default=0, help="only every k-th image, k = N/limit (quick look)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-runs", type=int, default=300)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
+    import cv2
+
     cv2.setNumThreads(1)
     card = load_model_card(args.model)
     classifier = Classifier(card)
-    x, targets, labels = load_split(args.fer, args.split, (card.width, card.height))
-    probs = np.concatenate([classifier.predict(x[i : i + 256]) for i in range(0, len(x), 256)])
+    votes = args.votes or args.fer / "ferplus.csv"
+    split = load_split(args.fer, args.split, votes)
+    if args.limit and args.limit < len(split.targets):
+        keep = np.arange(0, len(split.targets), len(split.targets) / args.limit).astype(int)
+        split = type(split)(split.images[keep], split.targets[keep], [split.files[i] for i in keep],
+                            None if split.votes is None else type(split.votes)(
+                                split.votes.counts[keep], split.votes.other[keep], len(keep), split.votes.source))
+    targets, labels = split.targets, list(EMOTIONS)
+    probs = classify_crops(classifier, split.images)
     predicted = probs.argmax(axis=1)
     classes = per_class(targets, predicted, labels)
     confusion = np.zeros((len(labels), len(labels)), dtype=int)
     np.add.at(confusion, (targets, predicted), 1)
 
-    one = x[:1]
+    detector = None
+    if not args.no_in_frame:
+        detector_path = args.detector_model
+        if detector_path is None and not os.environ.get("EMOTION_BATCH_DETECTOR_MODEL"):
+            local = shared / "detectors" / "face_detection_yunet_2023mar.onnx"
+            detector_path = local if local.is_file() else None
+        detector = create_detector(resolve_detector("yunet", detector_path))
+    suite = robustness(classifier, detector, split, args.seed)
+
+    x = split.images[..., None].astype(np.float32)
     for _ in range(20):
-        classifier.predict(one)
+        classifier.predict(x[:1])
     timings = []
     for i in range(args.speed_runs):
         start = time.perf_counter()
@@ -84,21 +114,32 @@ def main() -> None:
         "model": str(card.path),
         "sha256": card.sha256,
         "split": f"FER-2013 {args.split} ({len(targets)} images)",
+        "cpu": cpu_model(),
         "accuracy": float(np.mean(predicted == targets)),
         "macro_f1": float(np.mean([c["f1"] for c in classes.values()])),
         "per_class": classes,
         "confusion_matrix": confusion.tolist(),
+        "ferplus": ferplus_scores(probs, split.votes) if split.votes is not None else None,
+        "robustness": suite,
         "ms_per_face_batch1_1thread_median": statistics.median(timings),
         "ms_per_face_batch1_1thread_p90": float(np.percentile(timings, 90)),
         "model_mb": card.path.stat().st_size / 1e6,
     }
-    print(f"{result['split']}: accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
+    print(f"{result['split']}: FER-2013 accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
     print("per-class recall: " + ", ".join(f"{k} {v['recall']:.3f}" for k, v in classes.items()))
     print("confusion (rows true, cols predicted, order " + ", ".join(labels) + "):")
     for row in confusion:
         print("  " + " ".join(f"{v:4d}" for v in row))
+    if result["ferplus"]:
+        fp = result["ferplus"]
+        print(f"FER+ majority accuracy {fp['majority_accuracy']:.4f} on {fp['images']} images "
+              f"({fp['left_out']} left out); NLL vs raters {fp['nll_vs_raters']:.3f}, ECE {fp['ece_majority']:.3f}")
+    print("robustness: " + ", ".join(
+        f"{k} {v['accuracy']:.3f}" + (f" (found {v['detection_rate']:.0%})" if "detection_rate" in v else "")
+        for k, v in suite["conditions"].items()))
+    print(f"robustness mean accuracy {suite['mean_accuracy']:.4f}")
     print(f"speed: {result['ms_per_face_batch1_1thread_median']:.2f} ms/face median "
-          f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread; "
+          f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread, on {result['cpu']}; "
           f"size {result['model_mb']:.1f} MB")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -21,7 +21,7 @@ the relation instead of guessing it:
    {"scale", "offset_x", "offset_y"} into the card's `crop` object (other keys untouched; written atomically).
 
 The runtime then crops the square of side scale * max(w, h) centred at (x + w/2 + offset_x * w,
-y + h/2 + offset_y * h), replicating edge pixels where it leaves the frame (emotion_batch.classification).
+y + h/2 + offset_y * h), replicating edge pixels where it leaves the frame (emotion_batch.vision.classification).
 
 Usage:
     python scripts/measure_framing.py                               # measure and print
@@ -47,10 +47,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emotion_batch.classification import CropGeometry, crop_face
+from emotion_batch.vision.classification import CropGeometry, crop_face
 from emotion_batch.defaults import DEFAULT_SCORE_THRESHOLD
-from emotion_batch.detection import Detection, YuNetDetector, locate_yunet, resolve_detector
-from emotion_batch.fetch import YUNET_FILENAME
+from emotion_batch.vision.detection import Detection, YuNetDetector, locate_yunet, resolve_detector
+from emotion_batch.vision.fetch import YUNET_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EMOTION_BATCH_SHARED", REPO.parent / "shared"))

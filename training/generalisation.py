@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emotion_batch.classification import Classifier, crop_face
-from emotion_batch.detection import Detection, Detector
+from emotion_batch.vision.classification import Classifier, crop_face
+from emotion_batch.vision.detection import Detection, Detector
 from emotion_batch.schema import EMOTIONS
 
 from .labels import Votes, read_votes

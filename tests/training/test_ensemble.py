@@ -17,8 +17,8 @@ from emotion_train.cli import main
 from emotion_train.export import onnx_probabilities
 from onnx import TensorProto, helper, numpy_helper
 
-from emotion_batch.classification import Classifier, load_model_card
-from emotion_batch.detection import Detection
+from emotion_batch.vision.classification import Classifier, load_model_card
+from emotion_batch.vision.detection import Detection
 from emotion_batch.digest import sha256_file
 from emotion_batch.schema import EMOTIONS
 

@@ -22,7 +22,7 @@ from emotion_train.smoothing import (
     smoothing_matrix,
 )
 
-from emotion_batch.classification import Classifier, load_model_card
+from emotion_batch.vision.classification import Classifier, load_model_card
 from emotion_batch.digest import sha256_file
 
 from .test_quantize import images, make_faces, make_model
