@@ -33,7 +33,7 @@ from .media.inspection import (
 )
 from .media.sampling import FrameSampler, MediaError, SamplingPlan
 from .media.sources import Source, display_name
-from .schema import EMOTIONS, ROW_COLUMNS, rows_frame
+from .schema import EMOTIONS, FileSummary, Row, rows_frame
 from .vision import annotate
 from .vision.classification import Classifier, FrameBatcher, ModelCard
 from .vision.detection import Detection, Detector, DetectorSpec, create_detector
@@ -103,8 +103,8 @@ class FileResult:
     """
 
     source: Source
-    records: list[tuple]
-    summary: dict[str, object] = field(default_factory=dict)
+    records: list[Row]
+    summary: FileSummary = field(default_factory=FileSummary)
     #: Size, mtime and sha256 as read before analysis; None when the file could not be read.
     identity: FileIdentity | None = None
     #: Remarks for the log that did not stop the analysis (e.g. a misleading extension).
@@ -117,11 +117,11 @@ class FileResult:
 
     @property
     def status(self) -> str:
-        return str(self.summary["status"])
+        return self.summary["status"]
 
     @property
     def error(self) -> str | None:
-        return self.summary.get("error")  # type: ignore[return-value]
+        return self.summary.get("error")
 
 
 @dataclass
@@ -170,45 +170,43 @@ def _summary(
     *,
     kind: str | None = None,
     media_type: str | None = None,
-    **stats: object,
-) -> dict:
-    return {
-        "source": source.source,
-        "path": display_name(str(source.path)),
-        "media_type": media_type or source.media_type,
-        "status": status,
-        "error": error,
-        "error_kind": kind,
-        "detector": settings.detector.name,
-        "detector_sha256": settings.detector.sha256,
-        "model": settings.model.name,
-        "model_sha256": settings.model.sha256,
-        **stats,
-    }
+    stats: FileSummary | None = None,
+) -> FileSummary:
+    summary = FileSummary(
+        source=source.source,
+        path=display_name(str(source.path)),
+        media_type=media_type or source.media_type,
+        status=status,
+        error=error,
+        error_kind=kind,
+        detector=settings.detector.name,
+        detector_sha256=settings.detector.sha256,
+        model=settings.model.name,
+        model_sha256=settings.model.sha256,
+    )
+    summary.update(stats or {})
+    return summary
 
 
-_FRAME, _N_FACES, _TRACK = (ROW_COLUMNS.index(c) for c in ("frame_index", "n_faces", "track_id"))
-_PROBS = [ROW_COLUMNS.index(e) for e in EMOTIONS]
+def file_stats(rows: Sequence[Row]) -> FileSummary:
+    """The summary numbers of one file's rows (see schema.FileSummary).
 
-
-def file_stats(records: Sequence[Sequence]) -> dict[str, object]:
-    """The summary numbers of one file's row tuples (see schema.SUMMARY_COLUMNS).
-
-    Works on the tuples rather than a DataFrame so that analysis workers never need pandas.
+    Works on the `Row` tuples rather than a DataFrame so that analysis workers never need pandas.
     """
-    faces = [r for r in records if r[_N_FACES]]
-    frames = {r[_FRAME]: bool(r[_N_FACES]) for r in records}
-    probs = np.array([[r[i] for i in _PROBS] for r in faces], dtype=np.float64).reshape(len(faces), len(EMOTIONS))
+    faces = [r for r in rows if r.n_faces]
+    frames = {r.frame_index: bool(r.n_faces) for r in rows}
+    probs = np.array([[getattr(r, e) for e in EMOTIONS] for r in faces], dtype=np.float64).reshape(len(faces), len(EMOTIONS))
     means = {f"mean_{e}": (float(probs[:, k].mean()) if len(faces) else np.nan) for k, e in enumerate(EMOTIONS)}
     dominant = max(EMOTIONS, key=lambda e: means[f"mean_{e}"]) if len(faces) else None
-    return {
-        "frames_sampled": len(frames),
-        "frames_with_faces": sum(frames.values()),
-        "faces": len(faces),
-        "tracks": len({r[_TRACK] for r in faces}),
-        **means,
-        "dominant_emotion": dominant,
-    }
+    stats = FileSummary(
+        frames_sampled=len(frames),
+        frames_with_faces=sum(frames.values()),
+        faces=len(faces),
+        tracks=len({r.track_id for r in faces}),
+        dominant_emotion=dominant,
+    )
+    stats.update(means)  # type: ignore[typeddict-item]  # keys built from EMOTIONS, checked in schema
+    return stats
 
 
 def skipped_result(source: Source, settings: Settings) -> FileResult:
@@ -251,16 +249,16 @@ def _analyse(
     sampler = FrameSampler(path, media_type, settings.sampling)
     tracker = FaceTracker() if media_type == "video" else None
     batcher: FrameBatcher[_Sampled] = FrameBatcher(engine.classifier)
-    records: list[tuple] = []
+    records: list[Row] = []
 
     def emit(frame: _Sampled, probs: np.ndarray) -> None:
-        head = (source.source, frame.index, frame.timestamp_s, len(frame.faces))
         if not frame.faces:
-            records.append(head + (None,) * 16)
+            records.append(Row.no_face(source.source, frame.index, frame.timestamp_s))
         for i, (face, track, p) in enumerate(zip(frame.faces, frame.ids, probs)):
             k = int(np.argmax(p))
             box = _box(face, frame.width, frame.height)
-            records.append(head + (i, track, *box, face.score, *p.tolist(), EMOTIONS[k], float(p[k])))
+            head = (source.source, frame.index, frame.timestamp_s, len(frame.faces), i, track, *box, face.score)
+            records.append(Row(*head, *p.tolist(), EMOTIONS[k], float(p[k])))
         if frame.image is not None and settings.annotate_dir is not None:
             target = annotate.annotation_path(settings.annotate_dir, source.source, media_type, frame.index)
             annotate.save(target, annotate.draw(frame.image, frame.faces, frame.ids, probs))
@@ -276,8 +274,9 @@ def _analyse(
             emit(done, probs)
     for done, probs in batcher.flush():
         emit(done, probs)
-    stats = {"duration_s": sampler.duration_s, **file_stats(records)}
-    return FileResult(source, records, _summary(source, settings, "ok", None, media_type=media_type, **stats))
+    stats = file_stats(records)
+    stats["duration_s"] = sampler.duration_s
+    return FileResult(source, records, _summary(source, settings, "ok", None, media_type=media_type, stats=stats))
 
 
 def process_file(source: Source, settings: Settings, on_frame: FrameCallback | None = None) -> FileResult:
@@ -308,10 +307,9 @@ def process_file(source: Source, settings: Settings, on_frame: FrameCallback | N
         result = error_result(source, settings, exc.kind, str(exc), inspection and inspection.media_type)
     except MediaError as exc:
         message = str(exc)
-        kind = "no_frames" if message.startswith("no decodable") else "undecodable"
-        if kind == "undecodable" and not message.startswith(("empty file", "cannot read")):
+        if exc.needs_hint:
             message = f"{message}; {hint_for_decode_failure(inspection)}"
-        result = error_result(source, settings, kind, message, inspection and inspection.media_type)
+        result = error_result(source, settings, exc.kind, message, inspection and inspection.media_type)
     except Exception as exc:
         log.debug("unexpected failure on %s", source.source, exc_info=True)
         result = error_result(source, settings, "internal", f"unexpected {type(exc).__name__}: {exc}")

@@ -5,8 +5,8 @@ Other tooling relies on these names, so they live in one place and every writer 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -14,23 +14,43 @@ if TYPE_CHECKING:
 #: The seven FER-2013 classes, in CSV column order.
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
+class Row(NamedTuple):
+    """One face in one sampled frame (or a sampled frame without faces): a row of the CSV, in column order.
+
+    The output contract itself: `ROW_COLUMNS` is read off these fields. A frame without faces has
+    `n_faces == 0` and None in every face field (`Row.no_face`).
+    """
+
+    source: str
+    frame_index: int
+    timestamp_s: float
+    n_faces: int
+    face_index: int | None
+    track_id: int | None
+    x: int | None
+    y: int | None
+    w: int | None
+    h: int | None
+    det_score: float | None
+    angry: float | None
+    disgust: float | None
+    fear: float | None
+    happy: float | None
+    neutral: float | None
+    sad: float | None
+    surprise: float | None
+    emotion: str | None
+    confidence: float | None
+
+    @classmethod
+    def no_face(cls, source: str, frame_index: int, timestamp_s: float) -> Row:
+        return cls(source, frame_index, timestamp_s, 0, *(None,) * (len(cls._fields) - 4))
+
+
 #: Required per-frame, per-face columns, in order. Extra columns, if any, come after these.
-ROW_COLUMNS: tuple[str, ...] = (
-    "source",
-    "frame_index",
-    "timestamp_s",
-    "n_faces",
-    "face_index",
-    "track_id",
-    "x",
-    "y",
-    "w",
-    "h",
-    "det_score",
-    *EMOTIONS,
-    "emotion",
-    "confidence",
-)
+ROW_COLUMNS: tuple[str, ...] = Row._fields
+if ROW_COLUMNS[11:18] != EMOTIONS:  # pragma: no cover - a guard for whoever edits Row
+    raise AssertionError("Row's emotion fields must be EMOTIONS, in order")
 
 # Nullable integers so that a frame without faces keeps integer columns integral ("12", not "12.0").
 _ROW_DTYPES: dict[str, str] = {
@@ -50,27 +70,42 @@ _ROW_DTYPES: dict[str, str] = {
     "confidence": "float64",
 }
 
+class FileSummary(TypedDict, total=False):
+    """One row of the per-file summary (`SUMMARY_COLUMNS`), as analysis produces it and the state store keeps it.
+
+    Keys are optional: a skipped or failed file has no statistics.
+    """
+
+    source: str
+    path: str
+    media_type: str | None
+    status: str  # ok | error | skipped
+    error: str | None
+    duration_s: float | None
+    frames_sampled: int
+    frames_with_faces: int
+    faces: int
+    tracks: int
+    mean_angry: float
+    mean_disgust: float
+    mean_fear: float
+    mean_happy: float
+    mean_neutral: float
+    mean_sad: float
+    mean_surprise: float
+    dominant_emotion: str | None
+    detector: str
+    detector_sha256: str
+    model: str
+    model_sha256: str
+    elapsed_s: float
+    error_kind: str | None
+
+
 #: Per-file summary columns, in order.
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "source",
-    "path",
-    "media_type",
-    "status",
-    "error",
-    "duration_s",
-    "frames_sampled",
-    "frames_with_faces",
-    "faces",
-    "tracks",
-    *(f"mean_{e}" for e in EMOTIONS),
-    "dominant_emotion",
-    "detector",
-    "detector_sha256",
-    "model",
-    "model_sha256",
-    "elapsed_s",
-    "error_kind",
-)
+SUMMARY_COLUMNS: tuple[str, ...] = tuple(FileSummary.__annotations__)
+if SUMMARY_COLUMNS[10:17] != tuple(f"mean_{e}" for e in EMOTIONS):  # pragma: no cover
+    raise AssertionError("FileSummary's mean fields must follow EMOTIONS, in order")
 
 #: Values of the summary's `error_kind`, so failures can be counted and filtered without parsing messages.
 ERROR_KINDS: dict[str, str] = {
@@ -109,18 +144,18 @@ _SUMMARY_DTYPES: dict[str, str] = {
 
 
 def _frame(
-    records: Iterable[Sequence | dict], columns: Sequence[str], dtypes: dict[str, str]
+    records: Iterable[Sequence[object] | Mapping[str, object]], columns: Sequence[str], dtypes: dict[str, str]
 ) -> pd.DataFrame:
     import pandas as pd  # here, not at the top: analysis workers build plain tuples and never load pandas
 
     return pd.DataFrame.from_records(list(records), columns=list(columns)).astype(dtypes)
 
 
-def rows_frame(records: Iterable[Sequence]) -> pd.DataFrame:
-    """Build a per-frame DataFrame with the contract's columns and dtypes from row tuples."""
+def rows_frame(records: Iterable[Sequence[object]]) -> pd.DataFrame:
+    """Build a per-frame DataFrame with the contract's columns and dtypes from `Row`s (or plain tuples)."""
     return _frame(records, ROW_COLUMNS, _ROW_DTYPES)
 
 
-def summary_frame(records: Iterable[dict]) -> pd.DataFrame:
+def summary_frame(records: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     """Build a summary DataFrame with the contract's columns and dtypes from per-file dicts."""
     return _frame(records, SUMMARY_COLUMNS, _SUMMARY_DTYPES)

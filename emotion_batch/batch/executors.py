@@ -23,10 +23,8 @@ from .prestart import WORKER_MODULES, worker_environment
 
 def failure_result(source: Source, settings: Settings, exc: BaseException) -> FileResult:
     """The record of a file whose task failed outside `process_file`: a dead or stopped worker."""
-    if isinstance(exc, TaskTimedOut):
-        return error_result(source, settings, "timeout", str(exc))
-    if isinstance(exc, WorkerCrashed):
-        return error_result(source, settings, "crashed", str(exc))
+    if isinstance(exc, (TaskTimedOut, WorkerCrashed)):
+        return error_result(source, settings, exc.kind, str(exc))
     if type(exc).__name__ == "KilledWorker":  # Dask: the task took down every worker it was tried on
         return error_result(
             source, settings, "crashed", f"Dask workers died while analysing this file: {exc}"

@@ -52,9 +52,14 @@ _PARENT_POLL_S = 0.5
 class WorkerCrashed(Exception):
     """The worker process running the task died (a crash in native code, the OOM killer, a stray kill)."""
 
+    #: The summary's `error_kind` for the file it was analysing.
+    kind = "crashed"
+
 
 class TaskTimedOut(Exception):
     """The task ran longer than the executor's time limit; its worker was killed."""
+
+    kind = "timeout"
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -48,6 +48,24 @@ EPS = 1e-4
 class MediaError(Exception):
     """A file that cannot be decoded as the media its extension promises; the message names the cause."""
 
+    #: The summary's `error_kind` (see schema.ERROR_KINDS).
+    kind = "undecodable"
+    #: Whether the message gains a clause on what the content looked like (the decoder's own words are vague).
+    needs_hint = True
+
+
+class NoFrames(MediaError):
+    """A video container without a single decodable frame."""
+
+    kind = "no_frames"
+    needs_hint = False
+
+
+class UnreadableMedia(MediaError):
+    """The file could not even be read (or is empty); the message says why, no hint needed."""
+
+    needs_hint = False
+
 
 @dataclass
 class Picture:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from ..defaults import DEFAULT_FPS, DEFAULT_PREFETCH
-from .decoding import EPS, MediaError, VideoReader, open_reader
+from .decoding import EPS, MediaError, NoFrames, UnreadableMedia, VideoReader, open_reader
 
 __all__ = ["Frame", "FrameSampler", "MediaError", "SamplingPlan", "prefetched"]
 
@@ -82,14 +82,14 @@ def _check_readable(path: Path) -> None:
     try:
         with open(path, "rb") as fh:
             if not fh.read(1):
-                raise MediaError("empty file (0 bytes)")
-    except MediaError:
+                raise UnreadableMedia("empty file (0 bytes)")
+    except UnreadableMedia:
         raise
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         if os.path.islink(path) and not os.path.exists(path):
             reason = f"broken symlink ({reason})"
-        raise MediaError(f"cannot read file: {reason}") from exc
+        raise UnreadableMedia(f"cannot read file: {reason}") from exc
 
 
 _END = object()
@@ -239,7 +239,7 @@ class FrameSampler:
 
         self.frames_decoded = reader.frames_read
         if prev_ts is None:
-            raise MediaError("no decodable video frames")
+            raise NoFrames("no decodable video frames")
         if reached_end:
             self.duration_s = prev_ts + fallback_step
         else:

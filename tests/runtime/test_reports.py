@@ -46,7 +46,7 @@ def rows_for(source: str, tracks: int, samples: int, seed: int = 0):
 
 def test_file_stats() -> None:
     rows = rows_for("v.mp4", tracks=2, samples=14)
-    stats = file_stats(list(rows.itertuples(index=False, name=None)))
+    stats = file_stats(list(rows.itertuples(index=False, name="Row")))
     assert stats["frames_sampled"] == 14 and stats["frames_with_faces"] == 12
     assert stats["faces"] == 24 and stats["tracks"] == 2
     assert sum(stats[f"mean_{e}"] for e in EMOTIONS) == pytest.approx(1.0)
@@ -88,7 +88,7 @@ def test_overview_chart(tmp_path: Path) -> None:
     records = []
     for i, name in enumerate(["a.jpg", "b/c.mp4", "d.png"]):
         rows = rows_for(name, tracks=1 + i, samples=10, seed=i)
-        records.append({"source": name, "status": "ok", **file_stats(list(rows.itertuples(index=False, name=None)))})
+        records.append({"source": name, "status": "ok", **file_stats(list(rows.itertuples(index=False, name="Row")))})
     records.append({"source": "bad.mp4", "status": "error", "error": "cannot open as a video"})
     path = overview_chart(summary_frame(records), tmp_path / "overview.png")
     assert_real_png(path, 1000, 250)
