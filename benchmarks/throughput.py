@@ -163,11 +163,13 @@ def _pipeline_once(conn, folder: Path, options, names: set[str]) -> None:
 
     start_worker_server(options.max_pixels, options.workers)
     from emotion_batch import api
+    from emotion_batch.batch.run import drive
+    from emotion_batch.output.progress import NoProgress
 
     cpu, started = time.process_time(), time.perf_counter()
     job = api.prepare([folder], options)
     job = dataclasses.replace(job, sources=[s for s in job.sources if s.source in names])
-    results = list(api.iter_results(job))
+    results = list(drive(api.make_executor(job), job.sources, job, NoProgress()))
     conn.send((time.perf_counter() - started, time.process_time() - cpu, results))
     conn.close()
 

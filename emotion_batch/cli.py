@@ -9,10 +9,12 @@ holds this output's lock, 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +228,12 @@ def analyze(
 
     from rich.console import Console
 
-    from . import api
-    from .batch.incremental import IncrementalRun, OutputPaths, SettingsChanged
+    from .batch.incremental import OutputPaths
     from .batch.interrupts import stop_on_signals
-    from .batch.locking import LockHeld, LockUnavailable, OutputLock
-    from .batch.state import StateError, StateStore
+    from .batch.job import Options, prepare
+    from .batch.run import run_incremental
     from .output import logs
     from .output.progress import LogProgress, NoProgress, RichProgress
-    from .output.sinks import OutputError
 
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose are mutually exclusive")
@@ -247,116 +247,82 @@ def analyze(
     except OSError as exc:
         raise click.UsageError(f"cannot open log file {log_file}: {exc.strerror or exc}") from exc
 
-    outputs = OutputPaths.for_out(out, summary, charts, no_charts)
-    try:
-        outputs.check_writable()
-        fresh_state = not outputs.state_dir.exists()
-        outputs.prepare_state_dir()
-    except OutputError as exc:
-        raise click.UsageError(str(exc)) from exc
-    lock = OutputLock(outputs.lock)
-    try:
-        lock.acquire()
-    except LockHeld as exc:
-        log.error("%s. Exiting without doing anything (exit code %d).", exc, EXIT_LOCKED)
-        sys.exit(EXIT_LOCKED)
-    except (LockUnavailable, OSError) as exc:
-        raise click.UsageError(str(exc)) from exc
-
     options["include"], options["exclude"] = tuple(options["include"]), tuple(options["exclude"])
+    outputs = OutputPaths.for_out(out, summary, charts, no_charts)
+    progress = RichProgress(console) if interactive else NoProgress() if quiet else LogProgress()
     started = time.perf_counter()
-    state_used = False
-    try:
-        if lock.stale is not None:
-            log.warning(
-                "the previous run on %s (%s) did not finish (killed?); its finished files are kept and the "
-                "rest is redone now",
-                out,
-                lock.stale.describe(),
-            )
-        outputs.remove_stale_temporaries()
-        try:
-            job = api.prepare(list(paths), api.Options(**options, isolate=True), ignore=outputs.ignored())
-        except api.ConfigError as exc:
-            raise click.UsageError(str(exc)) from exc
-        settings = job.settings
-        log.info(
-            "detector %s; model %s (sha256 %s)",
-            settings.detector.name,
-            settings.model.name,
-            settings.model.sha256[:12],
-        )
-        if not job.sources:
-            log.warning("no files found under %s", ", ".join(map(str, paths)))
-        if not settings.model.crop_from_card:
-            log.warning(
-                "the model card has no measured crop framing; using the default %s", settings.model.crop
-            )
 
-        with StateStore(outputs.database) as state:
-            state_used = True
-            run = IncrementalRun(job, outputs, state)
-            try:
-                run.check_settings(force)
-            except SettingsChanged as exc:
-                log.error("%s", exc)
-                sys.exit(EXIT_USAGE)
-            plan = run.plan()
-            log.info("%s", plan.describe())
-            progress = RichProgress(console) if interactive else NoProgress() if quiet else LogProgress()
-
-            def announce(name: str) -> None:
-                log.warning(
-                    "%s received: finishing the file(s) being analysed, then stopping; send it again to stop "
-                    "at once",
-                    name,
-                )
-
-            try:
-                executor = api.make_executor(job, quiet=not verbose)
-            except api.ConfigError as exc:
-                raise click.UsageError(str(exc)) from exc
-            with stop_on_signals(announce) as stop:
-                done, not_started = run.execute(plan, executor, progress, should_stop=stop)
-                if stop():
-                    log.warning(
-                        "interrupted by %s: %d file(s) finished and saved in %s, %d not started; %s was left "
-                        "unchanged. Run the same command again to continue (finished files are not redone).",
-                        stop.signal_name,
-                        done,
-                        outputs.state_dir,
-                        not_started,
-                        out,
-                    )
-                    sys.exit(EXIT_INTERRUPTED)
-                outcome = run.finish(plan, done)  # a first signal now waits for the (short) assembly
-                if stop.signal_name:  # arrived while the outputs were being written: they are complete
-                    log.warning("%s received; the outputs were completed first", stop.signal_name)
-    except KeyboardInterrupt:
+    def announce(name: str) -> None:
         log.warning(
-            "stopped at once: files that had finished are saved in %s, the ones in progress will be redone; %s "
-            "was left unchanged. Run the same command again to continue.",
-            outputs.state_dir,
-            out,
+            "%s received: finishing the file(s) being analysed, then stopping; send it again to stop at once", name
         )
-        sys.exit(EXIT_INTERRUPTED)
-    except (OutputError, StateError) as exc:
-        log.error(
-            "%s. Finished files are saved in the state folder; free the space or fix the problem and run the "
-            "same command again (exit code %d).",
-            exc,
-            EXIT_OUTPUT,
-        )
-        sys.exit(EXIT_OUTPUT)
-    finally:
-        lock.release()
-        if fresh_state and not state_used:
-            shutil.rmtree(outputs.state_dir, ignore_errors=True)  # nothing was done: leave no trace
 
+    with _exit_codes(), stop_on_signals(announce) as stop:
+        outcome = run_incremental(
+            lambda o: prepare(list(paths), Options(**options, isolate=True), ignore=o.ignored()),
+            outputs,
+            force=force,
+            progress=progress,
+            should_stop=stop,
+            quiet=not verbose,
+            on_job=functools.partial(_describe_job, paths),
+        )
+    _report(outcome, out, time.perf_counter() - started, console)
+
+
+def _exit_codes() -> Any:
+    """Turns what stopped a run into its exit code and message: the command's one exception table."""
+    from .batch.incremental import SettingsChanged
+    from .batch.job import ConfigError
+    from .batch.locking import LockHeld
+    from .batch.run import Interrupted
+    from .batch.state import StateError
+    from .output.sinks import OutputError
+
+    table: dict[type[Exception], tuple[int, int, str]] = {
+        ConfigError: (EXIT_USAGE, 0, ""),  # click's usage error: "Error: ..." after the usage line
+        SettingsChanged: (EXIT_USAGE, logging.ERROR, "{error}"),
+        LockHeld: (EXIT_LOCKED, logging.ERROR, "{error}. Exiting without doing anything (exit code {code})."),
+        Interrupted: (EXIT_INTERRUPTED, logging.WARNING, "{error}"),
+        OutputError: (
+            EXIT_OUTPUT,
+            logging.ERROR,
+            "{error}. Finished files are saved in the state folder; free the space or fix the problem and run "
+            "the same command again (exit code {code}).",
+        ),
+    }
+    table[StateError] = table[OutputError]
+
+    @contextlib.contextmanager
+    def translate() -> Iterator[None]:
+        try:
+            yield
+        except tuple(table) as exc:
+            code, level, message = next(v for k, v in table.items() if isinstance(exc, k))
+            if not level:
+                raise click.UsageError(str(exc)) from exc
+            log.log(level, "%s", message.format(error=exc, code=code))
+            sys.exit(code)
+
+    return translate()
+
+
+def _describe_job(paths: tuple[Path, ...], job: Any) -> None:
+    settings = job.settings
+    log.info(
+        "detector %s; model %s (sha256 %s)", settings.detector.name, settings.model.name, settings.model.sha256[:12]
+    )
+    if not job.sources:
+        log.warning("no files found under %s", ", ".join(map(str, paths)))
+    if not settings.model.crop_from_card:
+        log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
+
+
+def _report(outcome: Any, out: Path, elapsed: float, console: Any) -> None:
+    """The final summary (a table on a terminal, a log line) and the exit code for failed files."""
     table = outcome.table
     failed = table[table["status"] == "error"]
-    elapsed = time.perf_counter() - started
-    if interactive:
+    if console is not None:
         _print_table(console, table, outcome.rows, elapsed)
     counts = table["status"].value_counts()
     log.info(

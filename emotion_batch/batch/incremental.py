@@ -25,14 +25,12 @@ from typing import Any
 import pandas as pd
 
 from ..analysis import FileResult, describe_settings, skipped_result
-from ..api import Job
 from ..files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
 from ..media.sources import Source
 from ..output import charts
-from ..output.progress import Progress
 from ..output.sinks import OutputError, write_table
 from ..schema import summary_frame
-from .executors import ExecutorPlan, dispatch
+from .job import Job
 from .shards import ShardStore, assemble, shard_name
 from .state import FileRecord, StateStore, explain_change, fingerprint_of
 
@@ -139,8 +137,6 @@ class Outcome:
     rows: int
     processed: int
     kept: int
-    interrupted: bool = False
-    not_started: int = 0
     rewritten: bool = True
 
 
@@ -168,7 +164,9 @@ def _hash_file(path: Path) -> str | None:
 
 
 class IncrementalRun:
-    """One run against one output's state store. Call `check_settings`, `plan`, `execute`, then `finish`."""
+    """One run against one output's state store. Call `check_settings`, `plan`, `commit` per result, `finish`.
+
+    The loop that produces the results is `run.drive`, the same for every caller."""
 
     def __init__(self, job: Job, paths: OutputPaths, state: StateStore) -> None:
         self.job = job
@@ -242,7 +240,7 @@ class IncrementalRun:
         return plan
 
     # 3. execute -------------------------------------------------------------------------------------------------
-    def _commit(self, result: FileResult) -> None:
+    def commit(self, result: FileResult) -> None:
         """Make one file's result durable: shard (atomic rename), chart, then the state record (one transaction)."""
         source, rows, identity = result.source, result.rows, result.identity
         shard = shard_size = None
@@ -259,41 +257,13 @@ class IncrementalRun:
                 identity=identity,
                 fingerprint=self.fingerprint,
                 status=result.status,
-                error_kind=result.summary.get("error_kind"),  # type: ignore[arg-type]
+                error_kind=result.summary.get("error_kind"),
                 shard=shard,
                 shard_size=shard_size,
                 rows=len(rows),
                 summary=result.summary,
             )
         )
-
-    def execute(
-        self,
-        plan: Plan,
-        executor: ExecutorPlan,
-        progress: Progress,
-        should_stop: Callable[[], bool] = lambda: False,
-    ) -> tuple[int, int]:
-        """Analyse the planned files, committing each as it completes; return (done, not started)."""
-        progress.start(len(plan.process))
-        streamed = executor.frame_hook is not None
-        done = 0
-        try:
-            for result in dispatch(
-                executor, plan.process, self.job.settings, on_frames=progress.frames, should_stop=should_stop
-            ):
-                self._commit(result)
-                done += 1
-                if not streamed:
-                    progress.frames(int(result.summary.get("frames_sampled") or 0))
-                progress.file_done(result)
-                for note in result.notes:
-                    log.warning("%s: %s", result.source.source, note)
-            executor.finish()
-        finally:
-            executor.abort()  # a no-op after finish(); stops workers on errors and a second Ctrl-C
-            progress.close()
-        return done, len(plan.process) - done
 
     # 4. outputs -------------------------------------------------------------------------------------------------
     def _timeline(self, rows: pd.DataFrame, source: str) -> None:

@@ -55,13 +55,7 @@ class ShardStore:
 
     def read(self, name: str) -> pd.DataFrame:
         """A shard back as a DataFrame with the contract's dtypes (floats round-trip exactly: tested)."""
-        frame = pd.read_csv(
-            self.path(name),
-            dtype={"source": "string", "emotion": "string"},
-            keep_default_na=False,
-            na_values=[""],
-        )
-        return rows_frame(frame.itertuples(index=False, name=None)) if len(frame) else rows_frame([])
+        return read_output(self.path(name))
 
     def prune(self, keep: Iterable[str]) -> int:
         """Remove shards no record points to, and temporary files of killed runs; return how many."""
@@ -90,3 +84,14 @@ def assemble(out: Path, shards: ShardStore, names: Sequence[str]) -> int:
 def _frames(shards: ShardStore, names: Sequence[str]) -> Iterator[pd.DataFrame]:
     for name in names:
         yield shards.read(name)
+
+
+def read_output(path: Path) -> pd.DataFrame:
+    """Rows written by this package (a shard, or `--out` as CSV or Parquet) back with the contract's dtypes."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(
+            path, dtype={"source": "string", "emotion": "string"}, keep_default_na=False, na_values=[""]
+        )
+    return rows_frame(frame.itertuples(index=False, name=None)) if len(frame) else rows_frame([])

@@ -60,3 +60,27 @@ def test_analyze_options_and_errors(
 def test_analyze_shows_a_tqdm_bar(astronaut_jpg: Path, detector_env, model_kwargs, capsys) -> None:
     emotion_batch.analyze(astronaut_jpg, **model_kwargs)
     assert "1/1" in capsys.readouterr().err
+
+
+def test_analyze_with_out_is_the_incremental_run(
+    mixed_folder: Path, detector_env: Path, model_kwargs: dict, tmp_path: Path
+) -> None:
+    """`out=` writes what the command writes, keeps finished files on a rerun, and holds the output's lock."""
+    from emotion_batch.batch.incremental import OutputPaths, SettingsChanged
+    from emotion_batch.batch.locking import LockHeld, OutputLock
+    from emotion_batch.batch.state import StateStore
+
+    out = tmp_path / "api.csv"
+    first = emotion_batch.analyze(mixed_folder, out=out, progress=False, **model_kwargs)
+    assert out.is_file() and (tmp_path / "api_summary.csv").is_file()
+    pd.testing.assert_frame_equal(first, emotion_batch.analyze(mixed_folder, progress=False, **model_kwargs))
+    with StateStore(OutputPaths.for_out(out).database) as state:
+        done = {s: r.finished_at for s, r in state.records().items() if r.status == "ok"}
+    again = emotion_batch.analyze(mixed_folder, out=out, progress=False, **model_kwargs)
+    pd.testing.assert_frame_equal(first, again)
+    with StateStore(OutputPaths.for_out(out).database) as state:
+        assert {s: r.finished_at for s, r in state.records().items() if r.status == "ok"} == done
+    with pytest.raises(SettingsChanged):
+        emotion_batch.analyze(mixed_folder, out=out, fps=5, progress=False, **model_kwargs)
+    with OutputLock(OutputPaths.for_out(out).lock), pytest.raises(LockHeld):
+        emotion_batch.analyze(mixed_folder, out=out, progress=False, **model_kwargs)
