@@ -169,6 +169,12 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
     weights = weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
     if teacher_weight is not None and teacher is None:
         raise click.BadParameter("only applies with --teacher", param_hint="--teacher-weight")
+    fine_tune_epochs = epochs - (0 if weights == "none" else min(head_epochs, epochs))
+    if warmup_epochs and fine_tune_epochs <= warmup_epochs:
+        raise click.BadParameter(
+            f"{epochs} epochs leave {fine_tune_epochs} fine-tuning epoch(s), not more than --warmup-epochs "
+            f"{warmup_epochs}: the learning rate would never leave its warm-up; raise --epochs or lower "
+            "--warmup-epochs", param_hint="--epochs")
     if label_weight is not None and labels_csv is None:
         raise click.BadParameter("only applies with --labels", param_hint="--label-weight")
     model = ModelConfig(backbone=backbone, alpha=alpha, image_size=image_size, input_size=input_size,
@@ -185,9 +191,11 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
     config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
                        val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,
                        command=["emotion-train", *sys.argv[1:]])
+    from .model import WeightsUnavailable
+
     try:
         results = train_run(config, run_dir, resume, verbose=1 if sys.stdout.isatty() else 2)
-    except DatasetError as exc:
+    except (DatasetError, WeightsUnavailable) as exc:
         _fail(exc)
     _print_result(run_dir, results)
 

@@ -18,6 +18,24 @@ __all__ = ["BACKBONES", "ModelConfig", "build_classifier"]
 CLASSIFIER_NAME = "classifier"
 
 
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights that Keras cannot download here; the message says what to pass instead."""
+
+
+def _application(factory, config: ModelConfig, **kwargs) -> keras.Model:
+    """Build one Keras application; an ImageNet download that fails becomes one line naming the alternatives."""
+    try:
+        return factory(**kwargs)
+    except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") when offline
+        if config.weights != "imagenet":
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsUnavailable(
+            f"--weights imagenet: Keras could not download the {config.backbone} ImageNet weights ({reason}); "
+            "pass a local no-top file with --weights PATH.h5, or train from scratch with --weights none"
+        ) from None
+
+
 def _backbone(config: ModelConfig) -> keras.Model:
     """The Keras application without its top, global-average pooled."""
     from keras import applications
@@ -26,16 +44,16 @@ def _backbone(config: ModelConfig) -> keras.Model:
     keras_weights = "imagenet" if config.weights == "imagenet" else None
     common = {"input_shape": shape, "alpha": config.alpha, "include_top": False, "weights": keras_weights,
               "pooling": "avg"}
-    if config.backbone == "mobilenet":
-        base = applications.MobileNet(**common)
-    elif config.backbone == "mobilenetv2":
-        base = applications.MobileNetV2(**common)
-    elif config.backbone == "mobilenetv3small":
-        base = applications.MobileNetV3Small(**common, include_preprocessing=False)
-    elif config.backbone == "mobilenetv3large":
-        base = applications.MobileNetV3Large(**common, include_preprocessing=False)
-    else:
+    factories = {
+        "mobilenet": (applications.MobileNet, {}),
+        "mobilenetv2": (applications.MobileNetV2, {}),
+        "mobilenetv3small": (applications.MobileNetV3Small, {"include_preprocessing": False}),
+        "mobilenetv3large": (applications.MobileNetV3Large, {"include_preprocessing": False}),
+    }
+    if config.backbone not in factories:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose from {', '.join(BACKBONES)}")
+    factory, extra = factories[config.backbone]
+    base = _application(factory, config, **common, **extra)
     if config.weights not in ("imagenet", "none"):
         path = Path(config.weights)
         if not path.is_file():

@@ -124,20 +124,46 @@ def load_splits(config: RunConfig) -> dict[str, Dataset]:
     return splits
 
 
+def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
+    """'name: stored -> given' for every setting that differs (the command line itself excepted)."""
+    out = []
+    for key in sorted(set(stored) | set(given)):
+        if key == "command":
+            continue
+        a, b = stored.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def start_run(config: RunConfig, run: RunDir, resume: bool) -> RunConfig:
-    """Create RUN_DIR for a new run, or load the stored config of the run being resumed."""
-    if resume:
-        if not run.config.exists():
-            raise DatasetError(f"{run.root}: nothing to resume (no config.json); start without --resume")
+    """Create RUN_DIR for a new run, or load the stored config of the run being resumed.
+
+    A folder whose run never finished an epoch holds nothing to keep: a new start (with or without
+    --resume) replaces its configuration instead of refusing or silently reusing it.
+    """
+    trained = run.load_state().epochs_done > 0
+    if resume and not run.config.exists():
+        raise DatasetError(f"{run.root}: nothing to resume (no config.json); start without --resume")
+    if run.config.exists() and not trained:
+        log.warning("%s: the earlier run stopped before its first epoch; starting again with this configuration",
+                    run.root)
+    elif resume:
         stored = RunConfig.from_dict(json.loads(run.config.read_text()))
         if stored.data.path != config.data.path:
             raise DatasetError(
                 f"{run.root}: this run was trained on {stored.data.path}, not {config.data.path}; "
                 "resume it with the same DATA_DIR"
             )
+        changed = _differences(stored.to_dict(), resolve_from_data(config).to_dict())
         log.info("resuming %s with its stored configuration", run.root)
+        if changed:
+            log.warning("--resume keeps the stored settings; these options of this command are ignored: %s",
+                        "; ".join(changed))
         return stored
-    if run.state.exists() or run.config.exists():
+    elif run.config.exists():
         raise DatasetError(
             f"{run.root}: already holds a training run; pass --resume to continue it, or choose a new --out"
         )
@@ -156,8 +182,13 @@ def train_run(config: RunConfig, run_root: Path, resume: bool, verbose: int = 1)
     np.save(run.checkpoints / "parity_images.npy", splits["val"].images[:PARITY_IMAGES])
     _plot_data(splits, run)
     started = time.monotonic()
-    fit(config.train, run, splits["train"], splits["val"], verbose=verbose)
+    state = fit(config.train, run, splits["train"], splits["val"], verbose=verbose)
     log.info("training done in %.0f s this session", time.monotonic() - started)
+    against = "the vote-blended targets" if config.train.labels else "the folder labels"
+    log.info("best epoch %d: val accuracy %.4f as Keras measured it during training (against %s%s); the "
+             "exported model's figures below are against the folder labels%s", state.best_epoch,
+             state.best_val_accuracy, against, ", no flip TTA" if config.flip_tta else "",
+             ", with flip TTA" if config.flip_tta else "")
     export_run(run.root)
     return evaluate_run(run.root, splits=splits)
 
