@@ -133,7 +133,9 @@ class Engine:
         spec = settings.detector
         self.detector: Detector = create_detector(spec)
         self.classifier = Classifier(settings.model)
-        self._photo_spec = dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH))
+        self._photo_spec = dataclasses.replace(
+            spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH)
+        )
         self._same_for_photos = self._photo_spec == spec
 
     @functools.cached_property
@@ -195,8 +197,11 @@ def file_stats(rows: Sequence[Row]) -> FileSummary:
     """
     faces = [r for r in rows if r.n_faces]
     frames = {r.frame_index: bool(r.n_faces) for r in rows}
-    probs = np.array([[getattr(r, e) for e in EMOTIONS] for r in faces], dtype=np.float64).reshape(len(faces), len(EMOTIONS))
-    means = {f"mean_{e}": (float(probs[:, k].mean()) if len(faces) else np.nan) for k, e in enumerate(EMOTIONS)}
+    probs = np.array([[getattr(r, e) for e in EMOTIONS] for r in faces], dtype=np.float64)
+    probs = probs.reshape(len(faces), len(EMOTIONS))
+    means = {
+        f"mean_{e}": (float(probs[:, k].mean()) if len(faces) else np.nan) for k, e in enumerate(EMOTIONS)
+    }
     dominant = max(EMOTIONS, key=lambda e: means[f"mean_{e}"]) if len(faces) else None
     stats = FileSummary(
         frames_sampled=len(frames),
@@ -257,8 +262,17 @@ def _analyse(
         for i, (face, track, p) in enumerate(zip(frame.faces, frame.ids, probs)):
             k = int(np.argmax(p))
             box = _box(face, frame.width, frame.height)
-            head = (source.source, frame.index, frame.timestamp_s, len(frame.faces), i, track, *box, face.score)
-            records.append(Row(*head, *p.tolist(), EMOTIONS[k], float(p[k])))
+            head = (
+                source.source,
+                frame.index,
+                frame.timestamp_s,
+                len(frame.faces),
+                i,
+                track,
+                *box,
+                face.score,
+            )
+            records.append(Row._make((*head, *p.tolist(), EMOTIONS[k], float(p[k]))))
         if frame.image is not None and settings.annotate_dir is not None:
             target = annotate.annotation_path(settings.annotate_dir, source.source, media_type, frame.index)
             annotate.save(target, annotate.draw(frame.image, frame.faces, frame.ids, probs))
@@ -269,14 +283,17 @@ def _analyse(
         faces = (engine.photo_detector if media_type == "image" else engine.detector).detect(frame.image)
         ids = tracker.update(faces, frame.timestamp_s) if tracker else list(range(len(faces)))
         kept = frame.image if settings.annotate_dir is not None else None
-        sampled = _Sampled(frame.index, frame.timestamp_s, *frame.image.shape[:2], faces, ids, kept)
+        height, width = frame.image.shape[:2]
+        sampled = _Sampled(frame.index, frame.timestamp_s, height, width, faces, ids, kept)
         for done, probs in batcher.add(sampled, frame.image, faces):
             emit(done, probs)
     for done, probs in batcher.flush():
         emit(done, probs)
     stats = file_stats(records)
     stats["duration_s"] = sampler.duration_s
-    return FileResult(source, records, _summary(source, settings, "ok", None, media_type=media_type, stats=stats))
+    return FileResult(
+        source, records, _summary(source, settings, "ok", None, media_type=media_type, stats=stats)
+    )
 
 
 def process_file(source: Source, settings: Settings, on_frame: FrameCallback | None = None) -> FileResult:
@@ -304,12 +321,16 @@ def process_file(source: Source, settings: Settings, on_frame: FrameCallback | N
                 "again on the next run",
             )
     except FileProblem as exc:
-        result = error_result(source, settings, exc.kind, str(exc), inspection and inspection.media_type)
+        result = error_result(
+            source, settings, exc.kind, str(exc), inspection.media_type if inspection else None
+        )
     except MediaError as exc:
         message = str(exc)
         if exc.needs_hint:
             message = f"{message}; {hint_for_decode_failure(inspection)}"
-        result = error_result(source, settings, exc.kind, message, inspection and inspection.media_type)
+        result = error_result(
+            source, settings, exc.kind, message, inspection.media_type if inspection else None
+        )
     except Exception as exc:
         log.debug("unexpected failure on %s", source.source, exc_info=True)
         result = error_result(source, settings, "internal", f"unexpected {type(exc).__name__}: {exc}")

@@ -21,7 +21,16 @@ from .batch.job import ConfigError, Job, Options, PathLike, make_executor, prepa
 from .batch.run import run_in_memory, run_incremental
 from .output.progress import TqdmProgress
 
-__all__ = ["ConfigError", "ExecutorPlan", "FileResult", "Job", "Options", "analyze", "make_executor", "prepare"]
+__all__ = [
+    "ConfigError",
+    "ExecutorPlan",
+    "FileResult",
+    "Job",
+    "Options",
+    "analyze",
+    "make_executor",
+    "prepare",
+]
 
 
 def _options(options: dict[str, object]) -> Options:

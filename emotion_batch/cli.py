@@ -254,7 +254,8 @@ def analyze(
 
     def announce(name: str) -> None:
         log.warning(
-            "%s received: finishing the file(s) being analysed, then stopping; send it again to stop at once", name
+            "%s received: finishing the file(s) being analysed, then stopping; send it again to stop at once",
+            name,
         )
 
     with _exit_codes(), stop_on_signals(announce) as stop:
@@ -310,7 +311,10 @@ def _exit_codes() -> Any:
 def _describe_job(paths: tuple[Path, ...], job: Any) -> None:
     settings = job.settings
     log.info(
-        "detector %s; model %s (sha256 %s)", settings.detector.name, settings.model.name, settings.model.sha256[:12]
+        "detector %s; model %s (sha256 %s)",
+        settings.detector.name,
+        settings.model.name,
+        settings.model.sha256[:12],
     )
     if not job.sources:
         log.warning("no files found under %s", ", ".join(map(str, paths)))

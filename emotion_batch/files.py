@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 #: Suffix of temporary files; leftovers of killed runs are recognised (and removed) by it and `temp_prefix`.
 TEMP_SUFFIX = ".tmp"
@@ -87,7 +88,7 @@ def write_atomically(target: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
 
 
-def file_digest(file: str | os.PathLike[str] | BinaryIO, algorithm: str = "sha256") -> str:
+def file_digest(file: str | os.PathLike[str] | io.BufferedIOBase, algorithm: str = "sha256") -> str:
     """Hex digest of a file's content (a path, or a binary file object read from its current position)."""
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as fh:

@@ -6,13 +6,14 @@ Other tooling relies on these names, so they live in one place and every writer 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: The seven FER-2013 classes, in CSV column order.
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
 
 class Row(NamedTuple):
     """One face in one sampled frame (or a sampled frame without faces): a row of the CSV, in column order.
@@ -69,6 +70,7 @@ _ROW_DTYPES: dict[str, str] = {
     "emotion": "string",
     "confidence": "float64",
 }
+
 
 class FileSummary(TypedDict, total=False):
     """One row of the per-file summary (`SUMMARY_COLUMNS`), as analysis produces it and the state store keeps it.
@@ -148,7 +150,8 @@ def _frame(
 ) -> pd.DataFrame:
     import pandas as pd  # here, not at the top: analysis workers build plain tuples and never load pandas
 
-    return pd.DataFrame.from_records(list(records), columns=list(columns)).astype(dtypes)
+    rows: Any = list(records)  # tuples or mappings: pandas takes either
+    return pd.DataFrame.from_records(rows, columns=list(columns)).astype(dtypes)
 
 
 def rows_frame(records: Iterable[Sequence[object]]) -> pd.DataFrame:

@@ -32,7 +32,6 @@ def failure_result(source: Source, settings: Settings, exc: BaseException) -> Fi
     return error_result(source, settings, "internal", f"worker failed: {type(exc).__name__}: {exc}")
 
 
-
 class InlineExecutor(Executor):
     """Runs each task in the calling thread at submission: the Executor interface without processes."""
 

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,14 +267,15 @@ class IncrementalRun:
 
     # 4. outputs -------------------------------------------------------------------------------------------------
     def _timeline(self, rows: pd.DataFrame, source: str) -> None:
-        assert self.paths.charts is not None
+        if self.paths.charts is None:
+            return
         target = self.paths.charts / charts.chart_filename(source)
         draw_atomically(charts.timeline_chart, target, rows, source)
 
     def finish(self, plan: Plan, processed: int) -> Outcome:
         """Re-assemble `--out`, the summary and the charts from the state store, then tidy the state folder."""
         records = self.state.records()
-        summaries: list[dict[str, Any]] = []
+        summaries: list[Mapping[str, Any]] = []
         shards: list[str] = []
         rows = 0
         for source in self.job.sources:
@@ -324,7 +325,8 @@ class IncrementalRun:
 
     def _heal_timelines(self, table: pd.DataFrame, records: dict[str, FileRecord]) -> None:
         """Draw timelines missing from the charts folder (deleted, new folder, killed between steps)."""
-        assert self.paths.charts is not None
+        if self.paths.charts is None:
+            return
         ok_video = (table["status"] == "ok") & (table["media_type"] == "video")
         wanted = table[ok_video.fillna(False) & (table["faces"].fillna(0) > 0)]
         for source in wanted["source"]:

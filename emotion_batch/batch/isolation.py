@@ -161,7 +161,7 @@ def _portable(exc: BaseException) -> BaseException:
     import pickle  # our own objects over our own pipe; nothing read from input files is unpickled
 
     try:
-        pickle.loads(pickle.dumps(exc))
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own object, round-tripped in memory
         return exc
     except Exception:  # noqa: BLE001
         return RuntimeError(f"{type(exc).__name__}: {exc}")
@@ -186,7 +186,7 @@ def _worker_main(
     try:
         import pickle  # the parent's own initializer, pickled by the parent for this worker
 
-        initializer, initargs = pickle.loads(init_blob)
+        initializer, initargs = pickle.loads(init_blob)  # noqa: S301 - made by our parent, over our pipe
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001
@@ -220,7 +220,9 @@ def _fork_server_usable() -> bool:
     return sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods()
 
 
-def _worker_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+def _worker_context(
+    preload: Sequence[str],
+) -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
     """Fork from a preloaded fork server where there is one (Linux); else spawn. Never fork this process."""
     if not _fork_server_usable():
         return multiprocessing.get_context("spawn")
@@ -386,7 +388,9 @@ class IsolatedExecutor(Executor):
             name="emotion-batch-worker",
             daemon=True,
         )
-        with _environment(self._environment):  # read at start by a spawned worker or a fork server started now
+        with _environment(
+            self._environment
+        ):  # read at start by a spawned worker or a fork server started now
             process.start()
         child_conn.close()
         worker = _Worker(process=process, conn=parent_conn, ident=next(self._ids))
@@ -516,15 +520,15 @@ class IsolatedExecutor(Executor):
                 ready = wait(list(handles), timeout=timeout)
                 # Messages first: a worker may have sent its result just before exiting.
                 for handle in sorted(ready, key=lambda h: handles[h][0] != "conn"):
-                    what, worker = handles[handle]
-                    if what == "wake":
+                    what, peer = handles[handle]
+                    if what == "wake" or peer is None:
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
-                    elif worker in self._workers:
+                    elif peer in self._workers:
                         if what == "conn":
-                            self._handle_message(worker)
-                        elif not worker.conn.poll():
-                            self._on_death(worker)
+                            self._handle_message(peer)
+                        elif not peer.conn.poll():
+                            self._on_death(peer)
                 self._expire(time.monotonic())
         except BaseException as exc:
             log.debug("supervisor failed", exc_info=True)

@@ -147,5 +147,3 @@ def _check_pinned_detector(kind: str, path: Path, sha256: str) -> None:
             f"the cached YuNet file {path} does not match its pinned sha256 (expected {YUNET_SHA256[:12]}..., "
             f"got {sha256[:12]}...); it was not loaded. Run `emotion-batch models fetch --force` to reinstall it"
         )
-
-

@@ -56,7 +56,9 @@ def drive(
     progress.start(len(sources))
     streamed = plan.frame_hook is not None
     try:
-        for result in dispatch(plan, sources, job.settings, on_frames=progress.frames, should_stop=should_stop):
+        for result in dispatch(
+            plan, sources, job.settings, on_frames=progress.frames, should_stop=should_stop
+        ):
             yield result
             if not streamed:
                 progress.frames(int(result.summary.get("frames_sampled") or 0))
@@ -84,7 +86,9 @@ def run_in_memory(
     progress = progress or NoProgress()
     plan = make_executor(job, on_frame=progress.frames, quiet=quiet)
     order = {s.source: i for i, s in enumerate(job.sources)}
-    results = sorted(drive(plan, job.sources, job, progress, should_stop), key=lambda r: order[r.source.source])
+    results = sorted(
+        drive(plan, job.sources, job, progress, should_stop), key=lambda r: order[r.source.source]
+    )
     frames = [r.rows for r in results if len(r.rows)]
     rows = pd.concat(frames, ignore_index=True) if frames else rows_frame([])
     return InMemoryOutcome(rows, summary_frame(r.summary for r in results))

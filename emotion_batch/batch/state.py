@@ -62,7 +62,7 @@ class FileRecord:
     shard: str | None
     shard_size: int | None
     rows: int
-    summary: dict[str, Any]
+    summary: Mapping[str, Any]
     finished_at: str = ""
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from ..defaults import DEFAULT_FPS, DEFAULT_PREFETCH
 from .decoding import EPS, MediaError, NoFrames, UnreadableMedia, VideoReader, open_reader
 
 __all__ = ["Frame", "FrameSampler", "MediaError", "SamplingPlan", "prefetched"]
+
 
 @dataclass(frozen=True)
 class SamplingPlan:
@@ -95,7 +96,7 @@ def _check_readable(path: Path) -> None:
 _END = object()
 
 
-def prefetched(frames: Iterator[Frame], depth: int) -> Iterator[Frame]:
+def prefetched(frames: Generator[Frame, None, None], depth: int) -> Iterator[Frame]:
     """Run the `frames` generator in a background thread, at most `depth` frames ahead of the consumer.
 
     Yields the same frames in the same order and re-raises the producer's exception at the same point. When the
@@ -131,7 +132,7 @@ def prefetched(frames: Iterator[Frame], depth: int) -> Iterator[Frame]:
         while (item := handoff.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         stop.set()
         producer.join()
@@ -191,7 +192,7 @@ class FrameSampler:
         finally:
             reader.close()  # after `prefetched` has joined its thread
 
-    def _sample(self, reader: VideoReader) -> Iterator[Frame]:
+    def _sample(self, reader: VideoReader) -> Generator[Frame, None, None]:
         plan = self.plan
         # Only used when the container gives no usable timestamp for a frame.
         fallback_step = 1.0 / reader.meta_fps if reader.meta_fps else 1.0 / 25.0

@@ -96,8 +96,9 @@ def discover(
 
     Files named directly are always listed; folders are walked recursively (hidden files and folders are left
     out, as are any `ignore` paths such as the run's own outputs and chart folder, so a rerun never ingests its
-    own charts). A listed file without a media extension is reported as skipped by the analysis. `include`/`exclude` are glob
-    patterns matched against the relative source path or the file name. A file reached twice (two overlapping roots, or a symlink) is listed once.
+    own charts). A listed file without a media extension is reported as skipped by the analysis.
+    `include`/`exclude` are glob patterns matched against the relative source path or the file name. A file
+    reached twice (two overlapping roots, or a symlink) is listed once.
     """
     ignored = frozenset(_real(Path(p)) for p in ignore)
     found: list[tuple[Path, Path, str]] = []  # (root, file, relative name)

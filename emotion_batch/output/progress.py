@@ -7,7 +7,7 @@ come from the main thread; frames analysed in worker processes are relayed to it
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..analysis import FileResult
 
@@ -81,7 +81,7 @@ class TqdmProgress(NoProgress):
 class RichProgress(NoProgress):
     """Two live bars on a terminal (files, sampled frames); per-file outcomes are logged above them."""
 
-    def __init__(self, console: object) -> None:
+    def __init__(self, console: Any) -> None:
         self._console = console
 
     def start(self, files: int) -> None:

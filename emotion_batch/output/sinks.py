@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Self
+from typing import IO, Any, Self
 
 import pandas as pd
 
@@ -33,7 +33,7 @@ def _failure(path: Path, exc: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """`files.atomic_file` for an output: a binary handle, with OSError turned into OutputError."""
     target = Path(path)
     try:
@@ -103,7 +103,8 @@ class _AtomicSink:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._pending is not None
+        if self._pending is None:
+            raise RuntimeError("__exit__ without __enter__")
         try:
             self._close(ok=exc_type is None)
             if exc_type is not None:

@@ -73,7 +73,7 @@ def card_path_for(model_path: str | os.PathLike[str]) -> Path:
 def load_model_card(model_path: str | os.PathLike[str] | None = None) -> ModelCard:
     """Read and validate the card of `model_path` (default: the bundled model)."""
     bundled = model_path is None
-    path = bundled_model_path() if bundled else Path(model_path).expanduser()
+    path = bundled_model_path() if model_path is None else Path(model_path).expanduser()
     if not path.is_file():
         hint = " (the bundled model is missing from this installation)" if bundled else ""
         raise ModelUnavailable(f"model file not found: {path}{hint}")
@@ -133,7 +133,8 @@ def crop_face(image: np.ndarray, face: Detection, crop: CropGeometry) -> np.ndar
     patch = image[vy0:vy1, vx0:vx1]
     pads = (vy0 - y0, y1 - vy1, vx0 - x0, x1 - vx1)
     if any(p > 0 for p in pads):
-        patch = cv2.copyMakeBorder(patch, *(max(p, 0) for p in pads), cv2.BORDER_REPLICATE)
+        top, bottom, left, right = (max(p, 0) for p in pads)
+        patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_REPLICATE)
     return patch
 
 

@@ -119,20 +119,23 @@ def resolve_detector(
     """Turn the user's `--detector` choice into a concrete detector, failing with a clear message."""
     if choice not in DETECTOR_CHOICES:
         raise DetectorUnavailable(f"unknown detector {choice!r}; choose one of {', '.join(DETECTOR_CHOICES)}")
-    common = {"score_threshold": score_threshold, "min_face": min_face, "working_width": working_width}
+
+    def spec(kind: str, path: Path) -> DetectorSpec:
+        return DetectorSpec(kind, path, file_digest(path), score_threshold, min_face, working_width)
+
     if choice in ("auto", "yunet"):
         path = locate_yunet(model_path)
         if path is not None:
-            return DetectorSpec(kind="yunet", path=path, sha256=file_digest(path), **common)
+            return spec("yunet", path)
         if choice == "yunet":
             raise DetectorUnavailable(f"YuNet model file not found; {_fetch_hint()}")
     if haar_available():
-        path = Path(cv2.data.haarcascades) / _HAAR_FILE
+        path = Path(cv2.data.haarcascades) / _HAAR_FILE  # type: ignore[attr-defined]  # OpenCV 4.x only
         if choice == "auto":
             log.warning(
                 "YuNet model file not found, using the Haar cascade (less accurate); %s", _fetch_hint()
             )
-        return DetectorSpec(kind="haar", path=path, sha256=file_digest(path), **common)
+        return spec("haar", path)
     if choice == "haar":
         raise DetectorUnavailable(
             f"Haar cascades are not available in OpenCV {cv2.__version__} (removed in OpenCV 5); "
@@ -309,8 +312,8 @@ def yunet_decode(
     if len(found) > 1:
         # Like FaceDetectorYN: NMS on boxes truncated to integers, top_k best kept before suppression.
         rects, confidences = found[:, :4].astype(np.int32).tolist(), found[:, 4].tolist()
-        keep = cv2.dnn.NMSBoxes(rects, confidences, score_threshold, nms_threshold, 1.0, top_k)
-        found = found[np.asarray(keep, dtype=np.intp).reshape(-1)]
+        kept = cv2.dnn.NMSBoxes(rects, confidences, score_threshold, nms_threshold, 1.0, top_k)
+        found = found[np.asarray(kept, dtype=np.intp).reshape(-1)]
     return found.astype(np.float32)
 
 
@@ -362,7 +365,10 @@ class YuNetDetector:
         outputs = self._session.run(_YUNET_OUTPUTS, {self._input_name: blob})
         spec = self.spec
         found = yunet_decode(outputs, blob.shape[3], spec.score_threshold, spec.nms_threshold, self.top_k)
-        faces = [Detection(*(float(v) * back for v in row[:4]), float(row[4])) for row in found]
+        faces = [
+            Detection(float(x) * back, float(y) * back, float(w) * back, float(h) * back, float(score))
+            for x, y, w, h, score in found[:, :5]
+        ]
         return _ordered([d for d in faces if min(d.w, d.h) >= spec.min_face])
 
 

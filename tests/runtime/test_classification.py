@@ -164,7 +164,7 @@ def test_frames_batched_together_give_each_frame_its_own_probabilities(tiny_mode
     done += batcher.flush()
     assert sizes == [0, 0, 3, 0, 0, 3, 0]  # at the third frame, then at 6 faces
     assert [k for k, _ in done] == list(range(7))
-    for (k, probs), frame, found in zip(done, frames, faces):
+    for (_, probs), frame, found in zip(done, frames, faces):
         np.testing.assert_array_equal(probs, classifier.classify(frame, found))
         assert probs.shape == (len(found), 7)
     assert batcher.flush() == []

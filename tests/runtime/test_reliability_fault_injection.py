@@ -100,6 +100,15 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_results(
     media_folder: Path, tmp_path: Path, cli_env, model_args
 ) -> None:
     seed = int(os.environ.get("EMOTION_BATCH_FAULT_SEED", time.time_ns() % 1_000_000))
+    try:
+        _kill_and_rerun(media_folder, tmp_path, cli_env, model_args, seed)
+    except AssertionError as exc:  # every failure names the seed that replays it
+        raise AssertionError(
+            f"{exc}\n[fault injection seed {seed}: EMOTION_BATCH_FAULT_SEED={seed} replays it]"
+        ) from exc
+
+
+def _kill_and_rerun(media_folder: Path, tmp_path: Path, cli_env, model_args, seed: int) -> None:
     rng = random.Random(seed)
     common = ["--workers", "2", *model_args]
 

@@ -1,13 +1,13 @@
-"""Security: nothing derived from inputs is unpickled, evaluated or run through a shell; models load only from
-the bundled location or a path the user gives; the cached detector is verified before use.
+"""Security: nothing derived from inputs is unpickled, evaluated or run through a shell (ruff's bandit rules);
+models load only from the bundled location or a path the user gives; the cached detector is verified before use.
 
 Downloads being verified by sha256 and written atomically is tested in test_fetch.py.
 """
 
 from __future__ import annotations
 
-import ast
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,81 +20,25 @@ from emotion_batch.vision.fetch import YUNET_FILENAME
 from .cli_runs import run, summary_of
 
 PACKAGE = Path(emotion_batch.__file__).parent
-#: Modules allowed to use pickle, and why: isolated workers exchange the parent's own task and result objects
-#: over a private pipe (as ProcessPoolExecutor does); no bytes from input files or disk are ever unpickled.
-PICKLE_ALLOWED = {"isolation.py"}
-FORBIDDEN_MODULES = {"pickle", "marshal", "shelve", "dill", "cloudpickle", "subprocess"}
-FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
-FORBIDDEN_ATTRIBUTES = {
-    ("os", "system"),
-    ("os", "popen"),
-    ("pd", "read_pickle"),
-    ("pandas", "read_pickle"),
-    ("yaml", "load"),
-}
 
 
-def _violations(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for name in names:
-                root = name.split(".")[0]
-                if root in FORBIDDEN_MODULES and not (root == "pickle" and path.name in PICKLE_ALLOWED):
-                    found.append(f"{path.name}:{node.lineno} imports {name}")
-        elif isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Name) and func.id in FORBIDDEN_CALLS:
-                found.append(f"{path.name}:{node.lineno} calls {func.id}()")
-            named = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-            if named and (func.value.id, func.attr) in FORBIDDEN_ATTRIBUTES:
-                found.append(f"{path.name}:{node.lineno} calls {func.value.id}.{func.attr}()")
-            for keyword in node.keywords:
-                if keyword.arg == "shell" and not (
-                    isinstance(keyword.value, ast.Constant) and not keyword.value.value
-                ):
-                    found.append(f"{path.name}:{node.lineno} passes shell=...")
-                if keyword.arg == "allow_pickle" and not (
-                    isinstance(keyword.value, ast.Constant) and not keyword.value.value
-                ):
-                    found.append(f"{path.name}:{node.lineno} passes allow_pickle=...")
-        elif isinstance(node, ast.JoinedStr | ast.BinOp) and _looks_like_sql(node):
-            found.append(f"{path.name}:{node.lineno} builds SQL by string formatting")
-    return found
-
-
-def _looks_like_sql(node: ast.AST) -> bool:
-    """An f-string or concatenation that starts like an SQL statement and splices values into it."""
-    texts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
-    starts_like_sql = bool(texts) and texts[0].lstrip().upper().startswith(
-        ("SELECT ", "INSERT ", "DELETE ", "UPDATE ", "CREATE ", "DROP ", "PRAGMA ")
+def test_bandit_rules_pass_on_the_package() -> None:
+    """ruff's flake8-bandit rules (S) replace the former hand-written scan: no pickle of input data, eval, shell,
+    SQL built from strings. The two pickle uses in batch/isolation.py carry a noqa with their reason."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (it comes with the test extra)")
+    result = subprocess.run(
+        [ruff, "check", "--select", "S", "--no-cache", str(PACKAGE)], capture_output=True, text=True
     )
-    spliced = isinstance(node, ast.BinOp) or any(isinstance(c, ast.FormattedValue) for c in ast.walk(node))
-    return starts_like_sql and spliced
-
-
-def test_no_pickle_eval_shell_or_formatted_sql_in_the_package() -> None:
-    sources = sorted(PACKAGE.rglob("*.py"))
-    assert len(sources) > 15
-    problems = [v for path in sources for v in _violations(path)]
-    assert problems == []
-
-
-def test_pickle_in_isolation_only_reads_what_the_parent_made() -> None:
-    """The one allowed module unpickles its own initializer blob and round-trips exceptions; nothing else."""
-    tree = ast.parse((PACKAGE / "batch" / "isolation.py").read_text(encoding="utf-8"))
-    loads = [
-        ast.unparse(node)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("load", "loads")
+    assert result.returncode == 0, result.stdout + result.stderr
+    noqa = [
+        line
+        for path in PACKAGE.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if "noqa: S301" in line
     ]
-    assert loads == ["pickle.loads(pickle.dumps(exc))", "pickle.loads(init_blob)"] or sorted(loads) == sorted(
-        ["pickle.loads(pickle.dumps(exc))", "pickle.loads(init_blob)"]
-    )
+    assert len(noqa) == 2 and all("pickle.loads" in line for line in noqa), noqa
 
 
 @pytest.mark.slow
@@ -160,15 +104,3 @@ def test_hostile_file_names_are_just_names(tmp_path: Path, astronaut_jpg: Path, 
     assert "analysing 0 file(s); 4 unchanged file(s) kept" in result.stderr
     assert sorted(summary_of(out).index) == sorted(names)
     assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()
-
-
-def test_the_scan_catches_what_it_looks_for(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.py"
-    bad.write_text(
-        "import pickle, subprocess\nimport os\n"
-        "eval(x)\nos.system(x)\nsubprocess.run(x, shell=True)\nnp.load(f, allow_pickle=True)\n"
-        "db.execute(f'SELECT * FROM files WHERE source = {name}')\n"
-        "db.execute('DELETE FROM files WHERE source = ' + name)\n"
-    )
-    found = _violations(bad)
-    assert len(found) == 8, found
