@@ -29,7 +29,7 @@ import numpy as np
 from emotion_batch.vision.classification import Classifier, load_model_card
 from emotion_batch.vision.detection import create_detector, resolve_detector
 from emotion_batch.schema import EMOTIONS
-from emotion_train.generalisation import classify_crops, ferplus_scores, load_split, robustness
+from emotion_train.generalisation import EyeDetector, classify_crops, ferplus_scores, load_split, robustness
 
 
 def cpu_model() -> str:
@@ -67,6 +67,8 @@ def main() -> None:
                         help="YuNet ONNX for the in-frame conditions [default: as emotion-batch finds it, else "
                              "the shared copy]; --no-in-frame skips them")
     parser.add_argument("--no-in-frame", action="store_true", help="skip the detector conditions (fast)")
+    parser.add_argument("--align", action="store_true",
+                        help="experiment: turn each in-frame crop upright by YuNet's eye landmarks first")
     parser.add_argument("--limit", type=int, default=0, help="only every k-th image, k = N/limit (quick look)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-runs", type=int, default=300)
@@ -98,8 +100,10 @@ def main() -> None:
         if detector_path is None and not os.environ.get("EMOTION_BATCH_DETECTOR_MODEL"):
             local = shared / "detectors" / "face_detection_yunet_2023mar.onnx"
             detector_path = local if local.is_file() else None
-        detector = create_detector(resolve_detector("yunet", detector_path))
-    suite = robustness(classifier, detector, split, args.seed)
+        spec = resolve_detector("yunet", detector_path)
+        detector = create_detector(spec)
+    eyes = EyeDetector(spec.path) if args.align and detector is not None else None
+    suite = robustness(classifier, detector, split, args.seed, eyes)
 
     x = split.images[..., None].astype(np.float32)
     for _ in range(20):
@@ -121,6 +125,7 @@ def main() -> None:
         "confusion_matrix": confusion.tolist(),
         "ferplus": ferplus_scores(probs, split.votes) if split.votes is not None else None,
         "robustness": suite,
+        "aligned_by_eyes": bool(eyes),
         "ms_per_face_batch1_1thread_median": statistics.median(timings),
         "ms_per_face_batch1_1thread_p90": float(np.percentile(timings, 90)),
         "model_mb": card.path.stat().st_size / 1e6,

@@ -193,16 +193,60 @@ def find_pasted(faces: list[Detection], placement: Placement) -> Detection | Non
     return best
 
 
-def in_frame_condition(classifier: Classifier, detector: Detector, split: Split, width: int, seed: int) -> dict:
-    """Paste every face at ``width`` px, detect, crop as the runtime does, classify; misses count as wrong."""
+class EyeDetector:
+    """cv2.FaceDetectorYN with its eye landmarks kept, for the face-alignment experiment (``--align``)."""
+
+    def __init__(self, model: Path, score_threshold: float = 0.6, min_face: int = 20) -> None:
+        self._net = cv2.FaceDetectorYN.create(str(model), "", SCENE, score_threshold, 0.3, 5000)
+        self._size = SCENE
+        self.min_face = min_face
+
+    def detect_with_eyes(self, image: np.ndarray) -> list[tuple[Detection, tuple[float, float, float, float]]]:
+        size = (image.shape[1], image.shape[0])
+        if size != self._size:
+            self._net.setInputSize(size)
+            self._size = size
+        _, faces = self._net.detect(image)
+        out = []
+        for f in [] if faces is None else faces:
+            if min(f[2], f[3]) >= self.min_face:
+                out.append((Detection(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[14])),
+                            (float(f[4]), float(f[5]), float(f[6]), float(f[7]))))
+        return out
+
+
+def upright_crop(image: np.ndarray, face: Detection, eyes: tuple[float, float, float, float], crop) -> np.ndarray:
+    """The runtime's crop after rotating the image about the face centre so the eyes lie level."""
+    rx, ry, lx, ly = eyes  # YuNet: right eye (image left) first
+    angle = math.degrees(math.atan2(ly - ry, lx - rx))
+    cx, cy = face.x + face.w / 2, face.y + face.h / 2
+    rotation = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    upright = cv2.warpAffine(image, rotation, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+    return crop_face(upright, face, crop)
+
+
+def in_frame_condition(classifier: Classifier, detector: Detector, split: Split, width: int, seed: int,
+                       eyes: EyeDetector | None = None) -> dict:
+    """Paste every face at ``width`` px, detect, crop as the runtime does, classify; misses count as wrong.
+
+    With ``eyes``, faces come from cv2.FaceDetectorYN and each crop is first turned upright by the eyes.
+    """
     rng = np.random.default_rng([seed, width])
     crops, kept = [], []
     for i, face in enumerate(split.images):
         scene, placement = paste_face(face, width, rng)
-        found = find_pasted(detector.detect(scene), placement)
-        if found is None:
+        if eyes is None:
+            found = find_pasted(detector.detect(scene), placement)
+            crop = None if found is None else crop_face(scene, found, classifier.card.crop)
+        else:
+            candidates = eyes.detect_with_eyes(scene)
+            found = find_pasted([d for d, _ in candidates], placement)
+            crop = None if found is None else upright_crop(
+                scene, found, next(e for d, e in candidates if d is found), classifier.card.crop)
+        if crop is None:
             continue
-        crops.append(cv2.cvtColor(crop_face(scene, found, classifier.card.crop), cv2.COLOR_BGR2GRAY))
+        crops.append(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
         kept.append(i)
     index = np.asarray(kept, dtype=int)
     correct = 0
@@ -220,7 +264,8 @@ def in_frame_condition(classifier: Classifier, detector: Detector, split: Split,
     }
 
 
-def robustness(classifier: Classifier, detector: Detector | None, split: Split, seed: int = 0) -> dict:
+def robustness(classifier: Classifier, detector: Detector | None, split: Split, seed: int = 0,
+               eyes: EyeDetector | None = None) -> dict:
     conditions: dict[str, dict] = {}
     for name, degrade in DEGRADATIONS.items():
         rng = np.random.default_rng([seed, len(conditions)])
@@ -229,5 +274,5 @@ def robustness(classifier: Classifier, detector: Detector | None, split: Split, 
                                                                         split.targets)}
     if detector is not None:
         for width in FACE_WIDTHS:
-            conditions[f"in_frame_{width}px"] = in_frame_condition(classifier, detector, split, width, seed)
+            conditions[f"in_frame_{width}px"] = in_frame_condition(classifier, detector, split, width, seed, eyes)
     return {"conditions": conditions, "mean_accuracy": float(np.mean([c["accuracy"] for c in conditions.values()]))}
