@@ -44,7 +44,10 @@ def appearance(image: np.ndarray, face: Detection) -> np.ndarray | None:
     height, width = image.shape[:2]
     px, py = _APPEARANCE_PAD * face.w, _APPEARANCE_PAD * face.h
     x0, y0 = max(0, int(face.x - px)), max(0, int(face.y - py))
-    x1, y1 = min(width, int(math.ceil(face.x + face.w + px))), min(height, int(math.ceil(face.y + face.h + py)))
+    x1, y1 = (
+        min(width, int(math.ceil(face.x + face.w + px))),
+        min(height, int(math.ceil(face.y + face.h + py))),
+    )
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
     crop = image[y0:y1, x0:x1]
@@ -202,7 +205,9 @@ class FaceTracker:
         if look is None or track.look is None:
             return None
         dt = t - track.seen_s
-        shift = math.hypot(face.x + face.w / 2 - track.cx, face.y + face.h / 2 - track.cy) / max(track.w, face.w)
+        shift = math.hypot(face.x + face.w / 2 - track.cx, face.y + face.h / 2 - track.cy) / max(
+            track.w, face.w
+        )
         size_change = abs(math.log(max(face.w, 1e-6) / max(track.w, 1e-6)))
         differ = appearance_distance(look, track.look)
         if (
@@ -268,7 +273,9 @@ class FaceTracker:
             if ids[fi] == -1:
                 ids[fi] = self._next_id
                 cx, cy = face.x + face.w / 2, face.y + face.h / 2
-                self._tracks.append(_Track(self._next_id, cx, cy, face.w, face.h, timestamp_s, look=looks[fi]))
+                self._tracks.append(
+                    _Track(self._next_id, cx, cy, face.w, face.h, timestamp_s, look=looks[fi])
+                )
                 self._next_id += 1
         alive, gone = [], []
         for track in self._tracks:
@@ -286,7 +293,7 @@ class FaceTracker:
         dt = t - track.seen_s
         if dt > 0:
             vx, vy = (cx - track.cx) / dt, (cy - track.cy) / dt
-            if track.hits == 1:
+            if track.hits == 1 and look is not None:
                 track.vx, track.vy = vx, vy
             else:
                 # Smoothed velocity: detections jitter, a raw difference would overshoot on the next guess.
