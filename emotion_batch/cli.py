@@ -54,11 +54,55 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+_FILE = click.Path(dir_okay=False, path_type=Path)
+_FOLDER = click.Path(file_okay=False, path_type=Path)
+_COUNT = click.IntRange(min=1)
+_SECONDS = click.FloatRange(min=0)
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+#: The help text of each analyze option, by long name; the options themselves are declared on `analyze`.
+_HELP = {
+    "out": "Per-frame results: .csv, or .parquet by extension.",
+    "summary": "Per-file summary [default: <out stem>_summary.<ext> beside --out].",
+    "charts": "Folder for the PNG charts [default: <out stem>_charts/ beside --out].",
+    "no-charts": "Do not draw charts.",
+    "force": "Analyse every file again, even those the state store (<out>.state/) records as done; also the way "
+    "to adopt new model or sampling settings for an existing --out.",
+    "file-timeout": "Stop a file that takes longer than this many seconds (its worker is killed, the file is "
+    "recorded as an error and the run goes on) [default: no limit].",
+    "max-pixels": "Refuse images whose header claims more pixels than this, before decoding (decompression bombs).",
+    "fps": f"Sample this many frames per second of video, by container timestamp [default: {DEFAULT_FPS:g}].",
+    "every": "Sample every Nth frame instead of by time.",
+    "start": "Start of the analysed window, in seconds.",
+    "end": "End of the analysed window, in seconds.",
+    "max-frames": "At most this many sampled frames per video.",
+    "detector": "Face detector; auto uses YuNet when its file is found, else Haar where OpenCV has it.",
+    "detector-model": "YuNet ONNX file [default: the user cache, filled by `emotion-batch models fetch`].",
+    "model": "Emotion model .onnx with its .json card beside it [default: the bundled model].",
+    "min-face": "Ignore faces smaller than this many pixels (shorter box side, full resolution).",
+    "working-width": "Downscale wider video frames to this width for detection (boxes are reported at full "
+    "resolution; photos use at least 640). Larger finds smaller faces and costs more; 640 finds ~3% more of them.",
+    "score-threshold": "Minimum detector score for a face.",
+    "annotate": "Write copies of images and sampled frames with boxes and labels into this folder.",
+    "workers": "Files processed in parallel, one process each.",
+    "scheduler": "Analyse on this Dask cluster (e.g. tcp://host:8786; needs the dask extra) instead of local "
+    "workers; results, state store and resume work as locally.",
+    "include": "Only files matching this glob (relative path or name); repeatable.",
+    "exclude": "Skip files matching this glob (relative path or name); repeatable.",
+    "quiet": "Only warnings and errors; no progress display.",
+    "verbose": "Debug logging.",
+    "log-file": "Also append plain log lines here.",
+}
+
+
 def _option(*decls: str, **kwargs: Any) -> Any:
-    """A click option whose default can also come from EMOTION_BATCH_<LONG_NAME>."""
+    """A click option whose default can also come from EMOTION_BATCH_<LONG_NAME>, with its help from `_HELP`."""
     long_name = next(d for d in decls if d.startswith("--")).split("/")[0][2:]
     kwargs.setdefault("envvar", ENV_PREFIX + long_name.upper().replace("-", "_"))
     kwargs.setdefault("show_envvar", True)
+    kwargs.setdefault("help", _HELP.get(long_name))
+    if "default" in kwargs:
+        kwargs.setdefault("show_default", True)
     return click.option(*decls, **kwargs)
 
 
@@ -76,121 +120,32 @@ def main() -> None:
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@_option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Per-frame results: .csv, or .parquet by extension.",
-)
-@_option(
-    "--summary",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Per-file summary [default: <out stem>_summary.<ext> beside --out].",
-)
-@_option(
-    "--charts",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the PNG charts [default: <out stem>_charts/ beside --out].",
-)
-@_option("--no-charts", is_flag=True, help="Do not draw charts.")
-@_option(
-    "--force",
-    is_flag=True,
-    help="Analyse every file again, even those the state store (<out>.state/) records as done; also the way to "
-    "adopt new model or sampling settings for an existing --out.",
-)
-@_option(
-    "--file-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Stop a file that takes longer than this many seconds (its worker is killed, the file is recorded "
-    "as an error and the run goes on) [default: no limit].",
-)
-@_option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIXELS,
-    show_default=True,
-    help="Refuse images whose header claims more pixels than this, before decoding (decompression bombs).",
-)
-@_option(
-    "--fps",
-    type=click.FloatRange(min=0, min_open=True),
-    help=f"Sample this many frames per second of video, by container timestamp [default: {DEFAULT_FPS:g}].",
-)
-@_option("--every", type=click.IntRange(min=1), help="Sample every Nth frame instead of by time.")
-@_option("--start", type=click.FloatRange(min=0), help="Start of the analysed window, in seconds.")
-@_option("--end", type=click.FloatRange(min=0), help="End of the analysed window, in seconds.")
-@_option("--max-frames", type=click.IntRange(min=1), help="At most this many sampled frames per video.")
-@_option(
-    "--detector",
-    type=click.Choice(DETECTOR_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Face detector; auto uses YuNet when its file is found, else Haar where OpenCV has it.",
-)
-@_option(
-    "--detector-model",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="YuNet ONNX file [default: the user cache, filled by `emotion-batch models fetch`].",
-)
-@_option(
-    "--model",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Emotion model .onnx with its .json card beside it [default: the bundled model].",
-)
-@_option(
-    "--min-face",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MIN_FACE,
-    show_default=True,
-    help="Ignore faces smaller than this many pixels (shorter box side, full resolution).",
-)
-@_option(
-    "--working-width",
-    type=click.IntRange(min=32),
-    default=DEFAULT_WORKING_WIDTH,
-    show_default=True,
-    help="Downscale wider video frames to this width for detection (boxes are reported at full resolution; "
-    "photos use at least 640). Larger finds smaller faces and costs more; 640 finds ~3% more of them.",
-)
-@_option(
-    "--score-threshold",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_SCORE_THRESHOLD,
-    show_default=True,
-    help="Minimum detector score for a face.",
-)
-@_option(
-    "--annotate",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write copies of images and sampled frames with boxes and labels into this folder.",
-)
-@_option(
-    "--workers",
-    "-j",
-    type=click.IntRange(min=1),
-    default=DEFAULT_WORKERS,
-    show_default=True,
-    help="Files processed in parallel, one process each.",
-)
-@_option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="Analyse on this Dask cluster (e.g. tcp://host:8786; needs the dask extra) instead of local "
-    "workers; results, state store and resume work as locally.",
-)
-@_option(
-    "--include", multiple=True, help="Only files matching this glob (relative path or name); repeatable."
-)
-@_option(
-    "--exclude", multiple=True, help="Skip files matching this glob (relative path or name); repeatable."
-)
-@_option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress display.")
-@_option("--verbose", "-v", is_flag=True, help="Debug logging.")
-@_option(
-    "--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also append plain log lines here."
-)
+@_option("--out", "-o", required=True, type=_FILE)
+@_option("--summary", type=_FILE)
+@_option("--charts", type=_FOLDER)
+@_option("--no-charts", is_flag=True)
+@_option("--force", is_flag=True)
+@_option("--file-timeout", type=_POSITIVE)
+@_option("--max-pixels", type=_COUNT, default=DEFAULT_MAX_PIXELS)
+@_option("--fps", type=_POSITIVE)
+@_option("--every", type=_COUNT)
+@_option("--start", type=_SECONDS)
+@_option("--end", type=_SECONDS)
+@_option("--max-frames", type=_COUNT)
+@_option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto")
+@_option("--detector-model", type=_FILE)
+@_option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_option("--min-face", type=_COUNT, default=DEFAULT_MIN_FACE)
+@_option("--working-width", type=click.IntRange(min=32), default=DEFAULT_WORKING_WIDTH)
+@_option("--score-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCORE_THRESHOLD)
+@_option("--annotate", type=_FOLDER)
+@_option("--workers", "-j", type=_COUNT, default=DEFAULT_WORKERS)
+@_option("--scheduler", metavar="ADDRESS")
+@_option("--include", multiple=True)
+@_option("--exclude", multiple=True)
+@_option("--quiet", "-q", is_flag=True)
+@_option("--verbose", "-v", is_flag=True)
+@_option("--log-file", type=_FILE)
 def analyze(
     paths: tuple[Path, ...],
     out: Path,

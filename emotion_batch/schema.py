@@ -48,30 +48,6 @@ class Row(NamedTuple):
         return cls(source, frame_index, timestamp_s, 0, *(None,) * (len(cls._fields) - 4))
 
 
-#: Required per-frame, per-face columns, in order. Extra columns, if any, come after these.
-ROW_COLUMNS: tuple[str, ...] = Row._fields
-if ROW_COLUMNS[11:18] != EMOTIONS:  # pragma: no cover - a guard for whoever edits Row
-    raise AssertionError("Row's emotion fields must be EMOTIONS, in order")
-
-# Nullable integers so that a frame without faces keeps integer columns integral ("12", not "12.0").
-_ROW_DTYPES: dict[str, str] = {
-    "source": "string",
-    "frame_index": "Int64",
-    "timestamp_s": "float64",
-    "n_faces": "Int64",
-    "face_index": "Int64",
-    "track_id": "Int64",
-    "x": "Int64",
-    "y": "Int64",
-    "w": "Int64",
-    "h": "Int64",
-    "det_score": "float64",
-    **{e: "float64" for e in EMOTIONS},
-    "emotion": "string",
-    "confidence": "float64",
-}
-
-
 class FileSummary(TypedDict, total=False):
     """One row of the per-file summary (`SUMMARY_COLUMNS`), as analysis produces it and the state store keeps it.
 
@@ -104,10 +80,32 @@ class FileSummary(TypedDict, total=False):
     error_kind: str | None
 
 
+def _columns(fields: Iterable[str], at: int, expected: Sequence[str], what: str) -> tuple[str, ...]:
+    """The column names a typed record declares, checked to hold `expected` (the emotions) at `at`."""
+    names = tuple(fields)
+    if names[at : at + len(expected)] != tuple(expected):  # pragma: no cover - a guard for whoever edits them
+        raise AssertionError(f"{what} must follow EMOTIONS, in order")
+    return names
+
+
+# Nullable integers so that a frame without faces keeps integer columns integral ("12", not "12.0").
+_PANDAS_DTYPES = {"str": "string", "int": "Int64", "float": "float64"}
+
+
+def _dtypes(record: type) -> dict[str, str]:
+    """pandas dtypes from a record's annotations ("int | None" -> Int64, "str" -> string, "float" -> float64)."""
+    hints = {k: getattr(v, "__forward_arg__", v) for k, v in record.__annotations__.items()}
+    return {name: _PANDAS_DTYPES[str(hint).split("|")[0].strip()] for name, hint in hints.items()}
+
+
+#: Required per-frame, per-face columns, in order. Extra columns, if any, come after these.
+ROW_COLUMNS: tuple[str, ...] = _columns(Row._fields, 11, EMOTIONS, "Row's emotion fields")
+_ROW_DTYPES = _dtypes(Row)
 #: Per-file summary columns, in order.
-SUMMARY_COLUMNS: tuple[str, ...] = tuple(FileSummary.__annotations__)
-if SUMMARY_COLUMNS[10:17] != tuple(f"mean_{e}" for e in EMOTIONS):  # pragma: no cover
-    raise AssertionError("FileSummary's mean fields must follow EMOTIONS, in order")
+SUMMARY_COLUMNS: tuple[str, ...] = _columns(
+    FileSummary.__annotations__, 10, [f"mean_{e}" for e in EMOTIONS], "FileSummary's mean fields"
+)
+_SUMMARY_DTYPES = _dtypes(FileSummary)
 
 #: Values of the summary's `error_kind`, so failures can be counted and filtered without parsing messages.
 ERROR_KINDS: dict[str, str] = {
@@ -121,27 +119,6 @@ ERROR_KINDS: dict[str, str] = {
     "timeout": "no result within --file-timeout; the worker was stopped",
     "crashed": "the worker process died (e.g. a decoder crash)",
     "internal": "an unexpected error in emotion-batch itself",
-}
-
-_SUMMARY_DTYPES: dict[str, str] = {
-    "source": "string",
-    "path": "string",
-    "media_type": "string",
-    "status": "string",
-    "error": "string",
-    "duration_s": "float64",
-    "frames_sampled": "Int64",
-    "frames_with_faces": "Int64",
-    "faces": "Int64",
-    "tracks": "Int64",
-    **{f"mean_{e}": "float64" for e in EMOTIONS},
-    "dominant_emotion": "string",
-    "detector": "string",
-    "detector_sha256": "string",
-    "model": "string",
-    "model_sha256": "string",
-    "elapsed_s": "float64",
-    "error_kind": "string",
 }
 
 

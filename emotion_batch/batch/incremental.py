@@ -41,10 +41,6 @@ STATE_SUFFIX = ".state"
 CHART_TEMP_SUFFIX = ".tmp.png"
 
 
-class SettingsChanged(Exception):
-    """The state store's rows were made with other settings; the message says which and what to do."""
-
-
 @dataclass(frozen=True)
 class OutputPaths:
     """Where one run writes: results, summary, charts, and the state folder (state store, shards, lock)."""
@@ -110,6 +106,10 @@ class OutputPaths:
         return removed
 
 
+class SettingsChanged(Exception):
+    """The state store's rows were made with other settings; the message says which and what to do."""
+
+
 @dataclass
 class Plan:
     """What this run will do with each input file."""
@@ -118,6 +118,15 @@ class Plan:
     reasons: Counter = field(default_factory=Counter)
     kept: int = 0
     skipped: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The plan as plain JSON, kept in the state store as `last_plan` (what the last run set out to do)."""
+        return {
+            "analysed": len(self.process),
+            "reasons": dict(self.reasons),
+            "kept": self.kept,
+            "skipped": self.skipped,
+        }
 
     def describe(self) -> str:
         why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.most_common())

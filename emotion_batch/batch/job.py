@@ -33,11 +33,6 @@ class ConfigError(Exception):
 class Options:
     """User-facing settings of a run; the CLI flags map one to one onto these fields."""
 
-    fps: float | None = None
-    every: int | None = None
-    start: float | None = None
-    end: float | None = None
-    max_frames: int | None = None
     detector: str = "auto"
     detector_model: PathLike | None = None
     model: PathLike | None = None
@@ -48,6 +43,12 @@ class Options:
     workers: int = 1
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    #: Sampling, checked by `media.sampling.SamplingPlan`.
+    fps: float | None = None
+    every: int | None = None
+    start: float | None = None
+    end: float | None = None
+    max_frames: int | None = None
     #: Seconds one file may take before its worker is stopped and the file recorded as an error.
     file_timeout: float | None = None
     #: Images whose header claims more pixels are refused before decoding.

@@ -141,6 +141,7 @@ def run_incremental(
             run.check_settings(force)
             plan = run.plan()
             log.info("%s", plan.describe())
+            state.set_meta("last_plan", plan.record())
             executor = make_executor(job, quiet=quiet)
             done = 0
             for result in drive(executor, plan.process, job, progress, should_stop):

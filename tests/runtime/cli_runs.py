@@ -163,6 +163,21 @@ def wait_for_lock_holder(out: Path, timeout: float = 60) -> int:
     pytest.fail(f"nobody took {lock} within {timeout} s")
 
 
+def last_plan(out: Path) -> dict:
+    """What the last run on `out` set out to do, as its state store records it (not the log's wording)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{out}.state/state.sqlite3?mode=ro", uri=True) as db:
+        (value,) = db.execute("SELECT value FROM meta WHERE key = 'last_plan'").fetchone()
+    return json.loads(value)
+
+
+def plan(analysed: int = 0, kept: int = 0, skipped: int = 0, **reasons: int) -> dict:
+    """A `last_plan` record: `plan(1, kept=3, new=1)`."""
+    return {"analysed": analysed, "reasons": {k.replace("_", " "): n for k, n in reasons.items()}, "kept": kept,
+            "skipped": skipped}  # fmt: skip
+
+
 def summary_of(out: Path) -> pd.DataFrame:
     return pd.read_csv(out.with_name(f"{out.stem}_summary{out.suffix}")).set_index("source")
 

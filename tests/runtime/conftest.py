@@ -6,9 +6,12 @@ beside the repository; tests that need it skip with the reason when it is absent
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
@@ -114,3 +117,25 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory, astronaut_jpg: Path, 
     (root / "clips" / "not_a_video.mp4").write_text("this is a text file, not a video\n")
     (root / "notes.txt").write_text("field notes\n")
     return root
+
+
+@pytest.fixture
+def invoke() -> Iterator[Callable[..., Any]]:
+    """The command run in this process through click's CliRunner (for usage and configuration errors: no
+    process start-up); the `emotion_batch` logger the command configures is put back afterwards."""
+    from click.testing import CliRunner
+
+    from emotion_batch.cli import main
+
+    logger = logging.getLogger("emotion_batch")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+
+    def run(*args: object, env: dict[str, str] | None = None) -> Any:
+        return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+    yield run
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    for handler in saved[0]:
+        logger.addHandler(handler)
+    logger.propagate, logger.level = saved[1], saved[2]

@@ -151,7 +151,9 @@ def test_rerun_with_workers_gives_identical_files(
     )
 
 
-def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, cli_env, model_args, tmp_path) -> None:
+def test_parquet_annotations_log_file_and_env_defaults(
+    mixed_folder: Path, cli_env, model_args, tmp_path
+) -> None:
     pytest.importorskip("pyarrow")
     out = tmp_path / "r.parquet"
     log_file = tmp_path / "run.log"
@@ -186,16 +188,19 @@ def test_parquet_annotations_log_file_and_env_defaults(mixed_folder: Path, cli_e
         (["--working-width", "16"], "Invalid value for '--working-width'"),
     ],
 )
-def test_usage_errors_exit_2(mixed_folder: Path, cli_env, model_args, tmp_path, args, message) -> None:
+def test_usage_errors_exit_2(
+    mixed_folder: Path, cli_env, model_args, tmp_path, args, message, invoke
+) -> None:
     if "haar" in args:
         import cv2
 
         if hasattr(cv2, "CascadeClassifier"):
             pytest.skip("this OpenCV has Haar cascades")
-    result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", *args, *model_args, env=cli_env)
-    assert result.returncode == 2
+    result = invoke(mixed_folder, "--out", tmp_path / "r.csv", *args, *model_args, env=cli_env)
+    assert result.exit_code == 2
     assert message in result.stderr
     assert not (tmp_path / "r.csv").exists()
+    assert not (tmp_path / "r.csv.state").exists()  # nothing was done: no state folder either
 
 
 @pytest.mark.parametrize(
@@ -210,20 +215,24 @@ def test_usage_errors_exit_2(mixed_folder: Path, cli_env, model_args, tmp_path, 
         ),
     ],
 )
-def test_configuration_errors_exit_2(mixed_folder: Path, cli_env, tmp_path, make_args, message) -> None:
-    result = run_cli(*make_args(mixed_folder, tmp_path), env=cli_env)
-    assert result.returncode == 2
+def test_configuration_errors_exit_2(
+    mixed_folder: Path, cli_env, tmp_path, make_args, message, invoke
+) -> None:
+    result = invoke(*make_args(mixed_folder, tmp_path), env=cli_env)
+    assert result.exit_code == 2
     assert message in result.stderr
 
 
-def test_model_without_card_is_a_usage_error(mixed_folder: Path, cli_env, tmp_path: Path) -> None:
+def test_model_without_card_is_a_usage_error(mixed_folder: Path, cli_env, tmp_path: Path, invoke) -> None:
     lonely = tmp_path / "lonely.onnx"
     lonely.write_bytes(b"the card is looked for before the model is loaded")
-    result = run_cli(mixed_folder, "--out", tmp_path / "r.csv", "--model", lonely, env=cli_env)
-    assert result.returncode == 2 and "model card not found" in result.stderr
+    result = invoke(mixed_folder, "--out", tmp_path / "r.csv", "--model", lonely, env=cli_env)
+    assert result.exit_code == 2 and "model card not found" in result.stderr
 
 
-def test_terminal_gets_progress_and_a_summary_table(mixed_folder: Path, cli_env, model_args, tmp_path) -> None:
+def test_terminal_gets_progress_and_a_summary_table(
+    mixed_folder: Path, cli_env, model_args, tmp_path
+) -> None:
     import shutil
 
     exe = shutil.which("emotion-batch")

@@ -33,7 +33,7 @@ from emotion_batch.media.inspection import (
 from emotion_batch.schema import ERROR_KINDS, SUMMARY_COLUMNS
 
 from .bad_media import BAD_INPUTS, EXTRA_SOURCES, write_bad_inputs
-from .cli_runs import permission_respecting_preexec, run, summary_of
+from .cli_runs import last_plan, permission_respecting_preexec, plan, run, summary_of
 from .media_factory import astronaut_bgr, write_moving_face_video
 
 pytestmark = pytest.mark.slow
@@ -169,7 +169,7 @@ def test_outputs_inside_the_input_folder_are_never_ingested(
     assert (folder / "results_charts").is_dir() and (folder / "annotated" / "astronaut.jpg").is_file()
     assert (folder / "results.csv.state" / "state.sqlite3").is_file()
     assert summary_of(folder / "results.csv").index.tolist() == ["astronaut.jpg"]
-    assert "analysing 0 file(s); 1 unchanged file(s) kept" in result.stderr
+    assert last_plan(folder / "results.csv") == plan(0, kept=1)
 
 
 @pytest.mark.parametrize("where", ["missing", "read-only"])
@@ -220,7 +220,7 @@ def test_full_disk_leaves_the_previous_results_intact(
 
     after = run(*args, env=cli_env)  # space is back: finish without analysing v3 again
     assert after.returncode == 0, after.stderr
-    assert "analysing 0 file(s); 4 unchanged file(s) kept" in after.stderr
+    assert (last_plan(out)["analysed"], last_plan(out)["kept"]) == (0, 4)
     rows = pd.read_csv(out)
     assert rows["source"].value_counts().to_dict() == {f"v{i}.mp4": 100 for i in range(4)}
     assert out.read_bytes().startswith(before[0])  # the same rows, plus the new file's

@@ -14,6 +14,8 @@ import pytest
 
 from .cli_runs import (
     comparable_summary,
+    last_plan,
+    plan,
     run,
     sigkill,
     start,
@@ -56,27 +58,27 @@ def test_reruns_do_only_new_work_and_match_a_fresh_run(
 
     first = run(*args, env=cli_env)
     assert first.returncode == 0, first.stderr
-    assert "analysing 3 file(s) (3 new); 1 skipped (not media)" in first.stderr
+    assert last_plan(out) == plan(3, skipped=1, new=3)
     stamp = out.stat().st_mtime_ns, out.read_bytes()
 
     again = run(*args, env=cli_env)
-    assert "analysing 0 file(s); 3 unchanged file(s) kept from earlier runs; 1 skipped" in again.stderr
+    assert last_plan(out) == plan(0, kept=3, skipped=1)
     assert "(already up to date)" in again.stderr
     assert (out.stat().st_mtime_ns, out.read_bytes()) == stamp, "an up-to-date output is not even rewritten"
 
     shutil.copy(folder / "astronaut.jpg", folder / "zz_new.jpg")
-    new = run(*args, env=cli_env)
-    assert "analysing 1 file(s) (1 new); 3 unchanged file(s) kept" in new.stderr
+    assert run(*args, env=cli_env).returncode == 0
+    assert last_plan(out) == plan(1, kept=3, skipped=1, new=1)
     assert pd.read_csv(out)["source"].iloc[-1] == "zz_new.jpg"
 
     later = time.time() + 100
     os.utime(folder / "astronaut.jpg", (later, later))  # touched, same content: compared by sha256, kept
-    touched = run(*args, env=cli_env)
-    assert "analysing 0 file(s); 4 unchanged file(s) kept" in touched.stderr
+    assert run(*args, env=cli_env).returncode == 0
+    assert last_plan(out) == plan(0, kept=4, skipped=1)
 
     shutil.copy(folder / "astronaut.jpg", folder / "rocket.png")  # new content under an old name
-    changed = run(*args, env=cli_env)
-    assert "analysing 1 file(s) (1 changed); 3 unchanged file(s) kept" in changed.stderr
+    assert run(*args, env=cli_env).returncode == 0
+    assert last_plan(out) == plan(1, kept=3, skipped=1, changed=1)
     assert summary_of(out).loc["rocket.png", "faces"] == 1
 
     (folder / "zz_new.jpg").unlink()
@@ -100,8 +102,8 @@ def test_missing_charts_are_redrawn_without_analysing_again(
     expected = sorted(p.name for p in charts.iterdir())
     assert expected == ["clips__moving_face.mp4.timeline.png", "overview.png"]
     shutil.rmtree(charts)
-    again = run(folder, "--out", out, *model_args, env=cli_env)
-    assert "analysing 0 file(s)" in again.stderr
+    assert run(folder, "--out", out, *model_args, env=cli_env).returncode == 0
+    assert last_plan(out)["analysed"] == 0
     assert sorted(p.name for p in charts.iterdir()) == expected
 
 
@@ -123,16 +125,13 @@ def test_changed_settings_are_refused_with_the_difference_then_force_redoes_ever
 
     forced = run(folder, "--out", out, "--fps", "4", "--min-face", "30", "--force", *model_args, env=cli_env)
     assert forced.returncode == 0, forced.stderr
-    assert (
-        "--force: every file is analysed again" in forced.stderr
-        and "analysing 3 file(s) (3 new)" in forced.stderr
-    )
+    assert last_plan(out) == plan(3, skipped=1, new=3)
     assert (pd.read_csv(out)["source"] == "clips/moving_face.mp4").sum() == 16  # 4 samples/s over 4 s
     reference = fresh_run(folder, tmp_path, cli_env, "--fps", "4", "--min-face", "30", *model_args)
     assert out.read_bytes() == reference.read_bytes()
 
-    kept = run(folder, "--out", out, "--fps", "4", "--min-face", "30", *model_args, env=cli_env)
-    assert "analysing 0 file(s)" in kept.stderr
+    assert run(folder, "--out", out, "--fps", "4", "--min-face", "30", *model_args, env=cli_env).returncode == 0
+    assert last_plan(out) == plan(0, kept=3, skipped=1)
 
 
 def test_a_different_model_is_refused(folder: Path, tmp_path: Path, cli_env, tiny_model: Path) -> None:
@@ -213,7 +212,7 @@ def test_a_stop_signal_finishes_the_files_in_flight_and_the_rerun_completes(
 
     rerun = run(folder, "--out", out, *args, env=cli_env)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"analysing {5 - done} file(s) ({5 - done} new); {done} unchanged file(s) kept" in rerun.stderr
+    assert last_plan(out) == plan(5 - done, kept=done, new=5 - done)
     assert out.read_bytes() == reference.read_bytes()
 
 
@@ -251,7 +250,7 @@ def test_a_decoder_crash_costs_one_file_and_the_run_goes_on(
     assert "a_long.mp4: the worker process killed by signal SIGSEGV" in log
 
     retry = run(*args, env=cli_env)
-    assert retry.returncode == 0 and "(1 failed before, retried)" in retry.stderr
+    assert retry.returncode == 0 and last_plan(out) == plan(1, kept=1, **{"failed before, retried": 1})
 
 
 def test_a_hanging_file_is_stopped_by_file_timeout(
