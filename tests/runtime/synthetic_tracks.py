@@ -108,7 +108,11 @@ def default_scenario() -> Scenario:
         # p2 walks toward the camera on the right: 55 px wide to 130 px wide.
         Actor(2, _line(0.0, 6.0, (520, 250, 55), (470, 200, 130)), depth=1),
         # p3 leaves to the left at 2 s and comes back at 3.5 s.
-        Actor(3, _chain(_line(0.0, 2.0, (200, 270, 70), (-60, 270, 70)), _line(3.5, 6.0, (-60, 260, 70), (230, 260, 70))), depth=1),
+        Actor(
+            3,
+            _chain(_line(0.0, 2.0, (200, 270, 70), (-60, 270, 70)), _line(3.5, 6.0, (-60, 260, 70), (230, 260, 70))),
+            depth=1,
+        ),
     ]
     second = [
         # p4 stands where p2 stood at the cut, same size: only the cut tells them apart.
