@@ -1,0 +1,230 @@
+"""Tables a person reads: each person's emotion minute by minute (`<out stem>_timeline.csv`) and one line per
+person (`<out stem>_tracks.csv`).
+
+Both tables are built from per-face rows (the output contract, `schema.ROW_COLUMNS`) of one or more files and
+are independent per source, so a run driver can build them file by file as results arrive and concatenate:
+`timeline_table(result.rows)` / `track_table(result.rows)` for each file, `write_table(pd.concat(parts), path)`
+at the end. Frames without faces (`n_faces == 0`) contribute no rows here.
+
+A person is a `(source, shot, track_id)`: rows may carry a `shot` column (shot detection); when they do not,
+the tables still have the `shot` column, empty. Images have timestamp 0 and track = face index, so each face of
+an image is one track with one sample, in one bin.
+
+"Dominant emotion" has one definition everywhere (the summary's `dominant_emotion` uses the same rule, see
+`analysis.file_stats`): the emotion with the highest *mean* probability over the samples considered; ties go to
+the first in `EMOTIONS` order. `dominant_emotion()` is that rule; charts and the report reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from hashlib import sha256
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..schema import EMOTIONS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MEAN_COLUMNS: tuple[str, ...] = tuple(f"mean_{e}" for e in EMOTIONS)
+#: Columns of `<out stem>_timeline.csv`, in order.
+TIMELINE_COLUMNS: tuple[str, ...] = (
+    "source", "shot", "track_id", "bin_start_s", "bin_end_s", "samples", *MEAN_COLUMNS, "dominant_emotion",
+)  # fmt: skip
+#: Columns of `<out stem>_tracks.csv`, in order.
+TRACK_COLUMNS: tuple[str, ...] = (
+    "source", "shot", "track_id", "first_seen_s", "last_seen_s", "samples", "sampling_interval_s",
+    "seconds_in_view", *MEAN_COLUMNS, "dominant_emotion",
+)  # fmt: skip
+#: The default width of a timeline bin: one minute.
+DEFAULT_BIN_S = 60.0
+#: Output names stay below this many bytes (most file systems allow 255 per name).
+MAX_NAME_BYTES = 200
+_KEY = ["source", "shot", "track_id"]
+
+
+def dominant_emotion(means: Mapping[str, float] | Sequence[float]) -> str | None:
+    """The emotion with the highest mean probability; the first in `EMOTIONS` order on a tie; None when unknown.
+
+    `means` is either a mapping keyed by emotion or by `mean_<emotion>` (a summary or table row), or a sequence
+    of 7 values in `EMOTIONS` order. NaN values (no faces) never win; all NaN gives None.
+    """
+    if isinstance(means, Mapping):
+        values = [means.get(e, means.get(f"mean_{e}")) for e in EMOTIONS]
+    else:
+        values = list(means)
+    if len(values) != len(EMOTIONS):
+        raise ValueError(f"expected {len(EMOTIONS)} values, got {len(values)}")
+    best: str | None = None
+    best_value = -math.inf
+    for emotion, value in zip(EMOTIONS, values):
+        if value is None:
+            continue
+        v = float(value)
+        if not math.isnan(v) and v > best_value:
+            best, best_value = emotion, v
+    return best
+
+
+def face_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are faces with a track, with a `shot` column (NA when the rows have none)."""
+    import pandas as pd
+
+    faces = rows[(rows["n_faces"].fillna(0) > 0) & rows["track_id"].notna()].copy()
+    if "shot" not in faces.columns:
+        faces["shot"] = pd.array([pd.NA] * len(faces), dtype="Int64")
+    return faces
+
+
+def sampling_interval(rows: pd.DataFrame) -> dict[str, float]:
+    """Per source, the median step between consecutive sampled frames (faces or not), in seconds; 0 for images.
+
+    Taken from all sampled frames of the source, so it is the sampler's step (1 / fps, or N frames with --every)
+    whether or not a face was seen.
+    """
+    out: dict[str, float] = {}
+    for source, group in rows.groupby("source", sort=False):
+        times = np.unique(group["timestamp_s"].to_numpy(dtype=float))
+        steps = np.diff(times)
+        out[str(source)] = float(np.median(steps)) if len(steps) else 0.0
+    return out
+
+
+def _means(group: pd.DataFrame) -> dict[str, float]:
+    probs = group[list(EMOTIONS)].to_numpy(dtype=float)
+    return {f"mean_{e}": float(probs[:, k].mean()) for k, e in enumerate(EMOTIONS)}
+
+
+def _frame(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(records, columns=list(columns))
+    dtypes = {"source": "string", "track_id": "Int64", "samples": "Int64", "dominant_emotion": "string"}
+    shots = frame["shot"].dropna()
+    if shots.empty or pd.api.types.is_integer_dtype(shots) or all(float(s).is_integer() for s in shots):
+        dtypes["shot"] = "Int64"  # a shot number; anything else (a label) is kept as it is
+    return frame.astype(dtypes)
+
+
+def timeline_table(
+    rows: pd.DataFrame, bin_s: float = DEFAULT_BIN_S, durations: Mapping[str, float | None] | None = None
+) -> pd.DataFrame:
+    """One row per source, shot, track and time bin [bin_start_s, bin_end_s) with samples in it (TIMELINE_COLUMNS).
+
+    Bins are aligned on 0: bin k is [k * bin_s, (k + 1) * bin_s). `durations` (source -> seconds, e.g. the
+    summary's `duration_s`) clips the last bin's end to the media's duration; an image (duration 0) gets one bin
+    [0, 0]. The mean columns average the raw per-sample probabilities; `dominant_emotion` applies
+    `dominant_emotion()` to them.
+    """
+    if not bin_s > 0:
+        raise ValueError("bin_s must be positive")
+    faces = face_rows(rows)
+    faces["_bin"] = np.floor(faces["timestamp_s"].to_numpy(dtype=float) / bin_s).astype(np.int64)
+    records = []
+    for (source, shot, track, k), group in faces.groupby([*_KEY, "_bin"], sort=True, dropna=False):
+        start = k * bin_s
+        end = start + bin_s
+        duration = (durations or {}).get(str(source))
+        if duration is not None and not math.isnan(duration):
+            end = min(end, max(float(duration), start))
+        means = _means(group)
+        records.append(
+            {
+                "source": source,
+                "shot": shot,
+                "track_id": track,
+                "bin_start_s": float(start),
+                "bin_end_s": float(end),
+                "samples": len(group),
+                **means,
+                "dominant_emotion": dominant_emotion(means),
+            }
+        )
+    return _frame(records, TIMELINE_COLUMNS)
+
+
+def track_table(rows: pd.DataFrame, interval_s: Mapping[str, float] | float | None = None) -> pd.DataFrame:
+    """One row per source, shot and track (TRACK_COLUMNS): when it was seen, for how long, its emotion mix.
+
+    `seconds_in_view` = samples x the source's sampling interval: each sample stands for one sampling step of
+    time, so gaps in a track (looking away, occlusion) are not counted, unlike last - first. The interval is
+    `interval_s` (one value, or per source), else the median step between the source's sampled frames
+    (`sampling_interval`), which needs the rows of frames without faces too; pass all of a file's rows. An image
+    (one sample, interval 0) has 0 seconds in view.
+    """
+    faces = face_rows(rows)
+    if isinstance(interval_s, (int, float)):
+        intervals: Mapping[str, float] = {str(s): float(interval_s) for s in faces["source"].unique()}
+    else:
+        intervals = interval_s if interval_s is not None else sampling_interval(rows)
+    records = []
+    for (source, shot, track), group in faces.groupby(_KEY, sort=True, dropna=False):
+        times = group["timestamp_s"].to_numpy(dtype=float)
+        step = float(intervals.get(str(source), 0.0))
+        means = _means(group)
+        records.append(
+            {
+                "source": source,
+                "shot": shot,
+                "track_id": track,
+                "first_seen_s": float(times.min()),
+                "last_seen_s": float(times.max()),
+                "samples": len(group),
+                "sampling_interval_s": step,
+                "seconds_in_view": len(group) * step,
+                **means,
+                "dominant_emotion": dominant_emotion(means),
+            }
+        )
+    return _frame(records, TRACK_COLUMNS)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a table as CSV (or Parquet for a .parquet path) atomically: a reader never sees half a file."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    if out.suffix.lower() == ".parquet":
+        table.to_parquet(partial, index=False)
+    else:
+        table.to_csv(partial, index=False)
+    os.replace(partial, out)
+    return out
+
+
+def table_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """`<out stem>_timeline<ext>` and `<out stem>_tracks<ext>` beside the results file `out`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_timeline{out.suffix}"), out.with_name(f"{out.stem}_tracks{out.suffix}")
+
+
+def concat(tables: Iterable[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """Concatenate per-file tables (an empty table with the right columns when there are none)."""
+    import pandas as pd
+
+    parts = [t for t in tables if len(t)]
+    return pd.concat(parts, ignore_index=True) if parts else _frame([], columns)
+
+
+def safe_filename(source: str, suffix: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """A flat, portable file name for a source path plus `suffix`, below `max_bytes` bytes of UTF-8.
+
+    Like `charts.chart_filename` (folders joined with '__', odd characters replaced), so names stay readable and
+    match the charts'. When flattening lost information (replaced characters, or '__' already in the path) or the
+    name had to be shortened, 8 hex digits of the source's sha256 are added, so two sources never share a name.
+    """
+    flat = source.replace("/", "__")
+    clean = re.sub(r"[^\w.\-]+", "_", flat)
+    lossy = clean != flat or "__" in source
+    tag = "-" + sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    budget = max_bytes - len(suffix.encode())
+    if not lossy and len(clean.encode()) <= budget:
+        return clean + suffix
+    stem = clean.encode()[: budget - len(tag)].decode("utf-8", "ignore")
+    return stem + tag + suffix
