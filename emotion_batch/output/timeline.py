@@ -106,10 +106,10 @@ def _frame(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
 
     frame = pd.DataFrame.from_records(records, columns=list(columns))
     dtypes = {"source": "string", "track_id": "Int64", "samples": "Int64", "dominant_emotion": "string"}
-    shots = frame["shot"].dropna()
-    if shots.empty or pd.api.types.is_integer_dtype(shots) or all(float(s).is_integer() for s in shots):
-        dtypes["shot"] = "Int64"  # a shot number; anything else (a label) is kept as it is
-    return frame.astype(dtypes)
+    try:
+        return frame.astype({**dtypes, "shot": "Int64"})
+    except (TypeError, ValueError):
+        return frame.astype(dtypes)  # shots named rather than numbered: kept as they are
 
 
 def timeline_table(
