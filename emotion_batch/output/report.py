@@ -20,6 +20,7 @@ import html
 import math
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -384,3 +385,92 @@ def write_report(path: str | os.PathLike[str], **kwargs: Any) -> Path:
     partial.write_text(render_report(**kwargs), encoding="utf-8")
     os.replace(partial, out)
     return out
+
+
+@dataclass
+class RunOutputs:
+    """What `build_run_outputs` wrote."""
+
+    timeline_csv: Path
+    tracks_csv: Path
+    report: Path
+    subtitles: dict[str, Path] = field(default_factory=dict)
+    thumbnails: dict[str, dict[tuple[object, int], Path]] = field(default_factory=dict)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, keep_default_na=True)
+
+
+def build_run_outputs(
+    out: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any],
+    summary_path: str | os.PathLike[str] | None = None,
+    charts_dir: str | os.PathLike[str] | None = None,
+    bin_s: float = 60.0,
+    thumbnails: bool = True,
+    subtitles: bool = True,
+) -> RunOutputs:
+    """Everything of issue #17 from a finished run's files: timeline and track tables, subtitles and thumbnails
+    (into the charts folder, beside the timeline charts), and the report.
+
+    `out` is the results file (CSV or Parquet); the summary and charts folder default to the run's own
+    (`<out stem>_summary<ext>`, `<out stem>_charts/`). Media files are found through the summary's `path`.
+    """
+    from . import subtitles as subs_mod
+    from . import thumbnails as thumbs_mod
+    from . import timeline as tl
+    from .charts import chart_filename
+
+    out = Path(out)
+    summary_file = Path(summary_path) if summary_path else out.with_name(f"{out.stem}_summary{out.suffix}")
+    charts = Path(charts_dir) if charts_dir else out.with_name(f"{out.stem}_charts")
+    rows = _read(out)
+    summary = _read(summary_file)
+    durations = {str(s): d for s, d in zip(summary["source"], summary["duration_s"])}
+    by_source = {str(s): g for s, g in rows.groupby("source", sort=False)}
+    timelines, tracks = [], []
+    written = RunOutputs(*tl.table_paths(out), report_path(out))
+    chart_files: dict[str, Path] = {}
+    for f in _records(summary):
+        source = str(f["source"])
+        file_rows = by_source.get(source)
+        if f.get("status") != "ok" or file_rows is None:
+            continue
+        timelines.append(tl.timeline_table(file_rows, bin_s, durations))
+        tracks.append(tl.track_table(file_rows))
+        if thumbnails and f.get("path"):
+            try:
+                written.thumbnails[source] = thumbs_mod.write_thumbnails(
+                    f["path"], file_rows, charts, media_type=str(f.get("media_type") or "video")
+                )
+            except Exception:  # noqa: BLE001 - the file moved or changed since the run: no pictures, no failure
+                written.thumbnails[source] = {}
+        if f.get("media_type") == "video":
+            if subtitles:
+                vtt = subs_mod.write_webvtt(file_rows, charts / subs_mod.subtitle_filename(source))
+                if vtt:
+                    written.subtitles[source] = vtt
+            chart = charts / chart_filename(source)
+            if chart.is_file():
+                chart_files[source] = chart
+    timeline = tl.concat(timelines, tl.TIMELINE_COLUMNS)
+    track_frame = tl.concat(tracks, tl.TRACK_COLUMNS)
+    tl.write_table(timeline, written.timeline_csv)
+    tl.write_table(track_frame, written.tracks_csv)
+    overview = charts / "overview.png"
+    write_report(
+        written.report,
+        summary=summary,
+        metadata=metadata,
+        tracks=track_frame,
+        timeline=timeline,
+        overview_chart=overview if overview.is_file() else None,
+        timeline_charts=chart_files,
+        thumbnails=written.thumbnails,
+        subtitles=written.subtitles,
+    )
+    return written
