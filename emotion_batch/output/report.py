@@ -154,7 +154,7 @@ def _meta(value: Any) -> str:
 def _records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
     if frame is None or frame.empty:
         return []
-    return [{k: (None if _missing(v) else v) for k, v in r.items()} for r in frame.to_dict("records")]
+    return [{str(k): (None if _missing(v) else v) for k, v in r.items()} for r in frame.to_dict("records")]
 
 
 def _totals(files: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> str:
@@ -167,7 +167,9 @@ def _totals(files: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> str:
     people = len(tracks)
     means = {
         f"mean_{e}": (
-            sum(float(f.get(f"mean_{e}") or 0) * int(f.get("faces") or 0) for f in files) / faces if faces else None
+            sum(float(f.get(f"mean_{e}") or 0) * int(f.get("faces") or 0) for f in files) / faces
+            if faces
+            else None
         )
         for e in EMOTIONS
     }
@@ -186,7 +188,9 @@ def _totals(files: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> str:
     kinds: dict[str, int] = {}
     for f in files:
         if f.get("status") == "error":
-            kinds[str(f.get("error_kind") or "unknown")] = kinds.get(str(f.get("error_kind") or "unknown"), 0) + 1
+            kinds[str(f.get("error_kind") or "unknown")] = (
+                kinds.get(str(f.get("error_kind") or "unknown"), 0) + 1
+            )
     extra = ""
     if kinds:
         extra = "<p>Errors by kind: " + ", ".join(f"{_e(k)} {n}" for k, n in sorted(kinds.items())) + "</p>"
@@ -201,6 +205,7 @@ def _files_table(files: list[dict[str, Any]]) -> str:
     body = []
     for f in files:
         status = str(f.get("status") or "")
+        duration = _num(f.get("duration_s"), 1, " s") if f.get("media_type") == "video" else ""
         error = ""
         if f.get("error"):
             kind = f" ({_e(f.get('error_kind'))})" if f.get("error_kind") else ""
@@ -208,7 +213,7 @@ def _files_table(files: list[dict[str, Any]]) -> str:
         body.append(
             f'<tr class="{_e(status)}"><td class="name">{_e(f.get("source"))}{error}</td>'
             f"<td>{_e(f.get('media_type'))}</td><td>{_e(status)}</td>"
-            f'<td class="n">{_num(f.get("duration_s"), 1, " s") if f.get("media_type") == "video" else ""}</td><td class="n">{_num(f.get("frames_sampled"))}</td>'
+            f'<td class="n">{duration}</td><td class="n">{_num(f.get("frames_sampled"))}</td>'
             f'<td class="n">{_num(f.get("faces"))}</td><td class="n">{_num(f.get("tracks"))}</td>'
             f"<td>{_e(f.get('dominant_emotion'))}</td><td>{_mix(f)}</td></tr>"
         )
@@ -401,7 +406,11 @@ class RunOutputs:
 def _read(path: Path) -> pd.DataFrame:
     import pandas as pd
 
-    return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, keep_default_na=True)
+    return (
+        pd.read_parquet(path)
+        if path.suffix.lower() == ".parquet"
+        else pd.read_csv(path, keep_default_na=True)
+    )
 
 
 def build_run_outputs(

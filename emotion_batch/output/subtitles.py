@@ -6,9 +6,10 @@ One file per video (`subtitle_filename`, beside the charts). How cues are made:
    (`charts.smoothing_window`, `vision.tracking.smooth`), so the subtitles tell what the chart shows; pass
    `window_s=0` for the raw per-sample values.
 2. Each sample stands for the time until the track's next sample, or one sampling step [t, t + step) when
-   it is the track's last before a gap (step = the source's sampling interval, `timeline.sampling_interval`). Consecutive samples of a track with the same dominant emotion (highest
-   smoothed probability) and no gap longer than 1.5 steps form one segment; its number is the mean smoothed
-   probability of that emotion over the segment.
+   it is the track's last before a gap (step = the source's sampling interval, `timeline.sampling_interval`).
+   Consecutive samples of a track with the same dominant emotion (highest smoothed probability) and no gap
+   longer than 1.5 steps form one segment; its number is the mean smoothed probability of that emotion over
+   the segment.
 3. Segments of all tracks are swept into non-overlapping cues, one line per track on screen, sorted by track:
    "track 2: happy 0.81". Cues never overlap, so every player shows them the same way.
 """
@@ -21,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -73,7 +74,8 @@ def _labels(faces: pd.DataFrame) -> dict[tuple[object, int], str]:
     ids = [t for _, t in keys]
     repeated = len(set(ids)) < len(ids)
     return {
-        (s, t): (f"shot {s} track {t}" if repeated and s is not None and s == s else f"track {t}") for s, t in keys
+        (s, t): (f"shot {s} track {t}" if repeated and s is not None and s == s else f"track {t}")
+        for s, t in keys
     }
 
 
@@ -92,6 +94,8 @@ def track_segments(
     faces["shot"] = faces["shot"].astype(object).where(faces["shot"].notna(), None)
     labels = _labels(faces)
     segments: list[Segment] = []
+    shot: Any
+    track: Any
     for (shot, track), group in faces.groupby(["shot", "track_id"], sort=True, dropna=False):
         shot = None if shot is None or pd.isna(shot) else shot
         group = group.sort_values("timestamp_s")

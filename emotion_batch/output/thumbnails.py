@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -53,10 +53,14 @@ def best_samples(rows: pd.DataFrame) -> list[Pick]:
     if faces.empty:
         return []
     faces = faces.assign(
-        _score=faces["det_score"].fillna(0).astype(float) * faces["w"].astype(float) * faces["h"].astype(float)
+        _score=faces["det_score"].fillna(0).astype(float)
+        * faces["w"].astype(float)
+        * faces["h"].astype(float)
     )
     faces["shot"] = faces["shot"].astype(object).where(faces["shot"].notna(), None)
     picks = []
+    shot: Any
+    track: Any
     for (shot, track), group in faces.groupby(["shot", "track_id"], sort=True, dropna=False):
         best = group.sort_values(["_score", "timestamp_s"], ascending=[False, True]).iloc[0]
         picks.append(

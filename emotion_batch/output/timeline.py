@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import sha256
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,7 +49,7 @@ MAX_NAME_BYTES = 200
 _KEY = ["source", "shot", "track_id"]
 
 
-def dominant_emotion(means: Mapping[str, float] | Sequence[float]) -> str | None:
+def dominant_emotion(means: Mapping[str, Any] | Sequence[float | None]) -> str | None:
     """The emotion with the highest mean probability; the first in `EMOTIONS` order on a tie; None when unknown.
 
     `means` is either a mapping keyed by emotion or by `mean_<emotion>` (a summary or table row), or a sequence
@@ -127,6 +127,7 @@ def timeline_table(
     faces = face_rows(rows)
     faces["_bin"] = np.floor(faces["timestamp_s"].to_numpy(dtype=float) / bin_s).astype(np.int64)
     records = []
+    k: Any
     for (source, shot, track, k), group in faces.groupby([*_KEY, "_bin"], sort=True, dropna=False):
         start = k * bin_s
         end = start + bin_s

@@ -23,7 +23,7 @@ _NONCE = "report-check"
 # Runs on load (DOM and every image done): records each image's decoded size and the sections found, into the
 # DOM, where --dump-dom shows it.
 _PROBE = """
-<script nonce="%s">
+<script nonce="NONCE">
 window.addEventListener("load", () => {
   const out = {
     images: [...document.images].map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth})),
@@ -37,7 +37,7 @@ window.addEventListener("load", () => {
   document.body.appendChild(pre);
 });
 </script>
-""" % _NONCE
+""".replace("NONCE", _NONCE)
 
 
 def chromium() -> str:
@@ -48,7 +48,9 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip(f"no Chromium found (set ${CHROMIUM_ENV} or `apt-get install chromium`); the browser test needs it")
+    pytest.skip(
+        f"no Chromium found (set ${CHROMIUM_ENV} or `apt-get install chromium`); the browser test needs it"
+    )
 
 
 def _base_args(exe: str, profile: Path) -> list[str]:
@@ -68,7 +70,12 @@ def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
 def screenshot(page: Path, png: Path, profile: Path, width: int = 1280, height: int = 2000) -> Path:
     """A PNG of the page's first `height` pixels at `width` px wide."""
     result = _run(
-        [*_base_args(chromium(), profile), f"--screenshot={png}", f"--window-size={width},{height}", page.as_uri()]
+        [
+            *_base_args(chromium(), profile),
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            page.as_uri(),
+        ]
     )
     assert png.is_file(), f"chromium wrote no screenshot (rc {result.returncode}):\n{result.stderr[-3000:]}"
     return png
@@ -86,10 +93,15 @@ class PageCheck:
 
 def with_probe(html_text: str) -> str:
     """The page plus the probe script, its CSP widened by exactly that script's nonce (nothing else)."""
-    def widen(match: re.Match) -> str:
-        return match.group(0).replace("default-src 'none'", f"default-src 'none'; script-src 'nonce-{_NONCE}'")
 
-    text, n = re.subn(r'<meta http-equiv="Content-Security-Policy" content="[^"]*">', widen, html_text, count=1)
+    def widen(match: re.Match) -> str:
+        return match.group(0).replace(
+            "default-src 'none'", f"default-src 'none'; script-src 'nonce-{_NONCE}'"
+        )
+
+    text, n = re.subn(
+        r'<meta http-equiv="Content-Security-Policy" content="[^"]*">', widen, html_text, count=1
+    )
     return text.replace("</body>", _PROBE + "</body>", 1)
 
 
@@ -114,4 +126,6 @@ def check_page(page: Path, profile: Path) -> PageCheck:
     import html
 
     data = json.loads(html.unescape(match.group(1)))
-    return PageCheck(data["images"], data["sections"], data["title"], data["bodyText"], console, result.stdout)
+    return PageCheck(
+        data["images"], data["sections"], data["title"], data["bodyText"], console, result.stdout
+    )

@@ -65,7 +65,22 @@ def test_dominant_emotion_is_the_summary_rule() -> None:
     for _ in range(50):
         probs = rng.dirichlet(np.ones(7) * 0.5, size=int(rng.integers(1, 20)))
         rows = [
-            Row("a.mp4", i, i / 2, 1, 0, 0, 0, 0, 9, 9, 0.9, *p.tolist(), EMOTIONS[int(np.argmax(p))], float(p.max()))
+            Row(
+                "a.mp4",
+                i,
+                i / 2,
+                1,
+                0,
+                0,
+                0,
+                0,
+                9,
+                9,
+                0.9,
+                *p.tolist(),
+                EMOTIONS[int(np.argmax(p))],
+                float(p.max()),
+            )
             for i, p in enumerate(probs)
         ]
         stats = file_stats(rows)
@@ -172,7 +187,10 @@ def test_best_samples_pick_sure_large_faces() -> None:
         ]
     )
     picks = th.best_samples(rows)
-    assert [(p.track_id, p.frame_index, p.box) for p in picks] == [(3, 25, (0, 0, 80, 80)), (4, 50, (5, 5, 20, 30))]
+    assert [(p.track_id, p.frame_index, p.box) for p in picks] == [
+        (3, 25, (0, 0, 80, 80)),
+        (4, 50, (5, 5, 20, 30)),
+    ]
 
 
 def test_crop_pads_at_the_edges() -> None:
@@ -189,9 +207,14 @@ def test_thumbnails_decode_the_right_frames(tmp_path: Path) -> None:
     write_bframe_video(video, 120)
     wanted = [7, 8, 61, 119]
     rows = rows_frame(
-        [face("b.mp4", i / 25, k, "happy", frame=i, box=(0, 0, 160, 96), index=0) for k, i in enumerate(wanted)]
+        [
+            face("b.mp4", i / 25, k, "happy", frame=i, box=(0, 0, 160, 96), index=0)
+            for k, i in enumerate(wanted)
+        ]
     )
-    decoded = {pick.frame_index: read_frame_index(image) for pick, image in th._frames(video, th.best_samples(rows))}
+    decoded = {
+        pick.frame_index: read_frame_index(image) for pick, image in th._frames(video, th.best_samples(rows))
+    }
     assert decoded == {i: i for i in wanted}
 
     written = th.write_thumbnails(video, rows, tmp_path / "charts", size=96)
