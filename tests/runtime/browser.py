@@ -43,7 +43,10 @@ window.addEventListener("load", () => {
 def chromium() -> str:
     env = os.environ.get(CHROMIUM_ENV)
     if env:
-        return env
+        found = shutil.which(env)
+        if not found:
+            pytest.skip(f"${CHROMIUM_ENV}={env} is not an executable; the browser test needs Chromium")
+        return found
     for name in _NAMES:
         found = shutil.which(name)
         if found:
