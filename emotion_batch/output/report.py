@@ -36,6 +36,8 @@ Thumbnails = Mapping[str, Mapping[tuple[object, int], Path]]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 SECTIONS = ("run", "totals", "files", "overview", "videos", "photos")
+#: Videos (and, separately, photos) given a section of their own; the rest are listed by name.
+DEFAULT_MAX_SECTIONS = 200
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 _CSS = """
@@ -50,7 +52,7 @@ nav{font-size:13px;margin:0 0 8px}nav a{margin-right:12px;color:#2457a6}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{border-bottom:1px solid #e3e6ea;padding:4px 6px;text-align:left;vertical-align:top}
 th{background:#f0f2f5;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
-td.name{word-break:break-all;max-width:360px}
+td.name{overflow-wrap:anywhere;max-width:360px}
 .wrap{overflow-x:auto}
 tr.error td{background:#fdecec}tr.skipped td{color:#6b7480}
 .err{color:#a11;font-size:12px;word-break:break-word}
@@ -281,6 +283,18 @@ def _by_source(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+def _cap(files: list[dict[str, Any]], limit: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return (files, []) if limit is None else (files[:limit], files[limit:])
+
+
+def _more(files: list[dict[str, Any]], what: str) -> str:
+    if not files:
+        return ""
+    names = ", ".join(f"<code>{_e(f.get('source'))}</code>" for f in files[:50])
+    tail = f" and {len(files) - 50:,} more" if len(files) > 50 else ""
+    return f'<p class="none">{len(files):,} more {what} not shown here (see the CSVs): {names}{tail}</p>'
+
+
 def render_report(
     *,
     summary: pd.DataFrame,
@@ -292,6 +306,7 @@ def render_report(
     thumbnails: Thumbnails | None = None,
     subtitles: Mapping[str, str | os.PathLike[str]] | None = None,
     title: str = "emotion-batch report",
+    max_sections: int | None = DEFAULT_MAX_SECTIONS,
 ) -> str:
     """The report's HTML. A pure function of its arguments and the contents of the image files they name.
 
@@ -302,6 +317,9 @@ def render_report(
     - `overview_chart`, `timeline_charts` ({source: png}), `thumbnails` ({source: {(shot, track): jpg}}):
       image files to embed; missing ones are reported as "no picture", never as a broken image.
     - `subtitles`: {source: vtt path}, listed by file name (a report cannot embed them usefully).
+    - `max_sections`: at most this many videos and this many photos get a section (the first ones in summary
+      order; None: all), so a run over thousands of files still gives a report a browser opens. The rest are
+      named in a note; every file is in the files table and the CSVs either way.
     """
     files = _records(summary)
     track_rows = _by_source(_records(tracks))
@@ -335,6 +353,7 @@ def render_report(
     videos = [f for f in files if f.get("media_type") == "video" and f.get("status") == "ok"]
     if not videos:
         parts.append('<p class="none">no video analysed</p>')
+    videos, more_videos = _cap(videos, max_sections)
     for n, f in enumerate(videos):
         source = str(f["source"])
         sub = subs.get(source)
@@ -354,16 +373,19 @@ def render_report(
             )
             + f"<h4>Minute by minute</h4>{_minute_table(bin_rows.get(source, []))}</section>"
         )
+    parts.append(_more(more_videos, "videos"))
     parts.append("</section>")
     parts.append('<section id="photos"><h2>Photos</h2>')
     photos = [f for f in files if f.get("media_type") == "image" and f.get("status") == "ok"]
     if not photos:
         parts.append('<p class="none">no photo analysed</p>')
+    photos, more_photos = _cap(photos, max_sections)
     for f in photos:
         source = str(f["source"])
         parts.append(
             f"<h3>{_e(source)}</h3>{_cards(track_rows.get(source, []), thumbs.get(source, {}), False)}"
         )
+    parts.append(_more(more_photos, "photos"))
     parts.append("</section></main></body></html>")
     return "\n".join(parts)
 

@@ -158,3 +158,10 @@ def test_the_browser_check_sees_broken_images_and_console_errors(tmp_path: Path)
     assert any("Refused to load" in line or "Content Security Policy" in line for line in check.console)
     assert check.sections == ["run"]
     assert np.isfinite(check.body_text)
+
+
+def test_sections_are_capped_for_big_runs(real_run) -> None:
+    _, summary, outputs, metadata, _ = real_run
+    text = rp.render_report(summary=summary, metadata=metadata, max_sections=1)
+    assert text.count('<section class="video"') == 1
+    assert "1 more videos not shown here" in text and "clips/pyfeat_single_face.mp4" in text
