@@ -428,11 +428,10 @@ class RunOutputs:
 def _read(path: Path) -> pd.DataFrame:
     import pandas as pd
 
-    return (
-        pd.read_parquet(path)
-        if path.suffix.lower() == ".parquet"
-        else pd.read_csv(path, keep_default_na=True)
-    )
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    # Only empty fields are missing: a file named "NA" or "null.jpg" keeps its name.
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"source": str})
 
 
 def build_run_outputs(

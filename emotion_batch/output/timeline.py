@@ -64,9 +64,10 @@ def dominant_emotion(means: Mapping[str, Any] | Sequence[float | None]) -> str |
     best: str | None = None
     best_value = -math.inf
     for emotion, value in zip(EMOTIONS, values):
-        if value is None:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):  # None, pd.NA
             continue
-        v = float(value)
         if not math.isnan(v) and v > best_value:
             best, best_value = emotion, v
     return best

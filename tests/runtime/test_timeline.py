@@ -233,3 +233,7 @@ def test_thumbnails_of_an_image(tmp_path: Path) -> None:
     thumb = cv2.imread(str(written[(None, 0)]))
     assert thumb[64, 64, 2] > 200 and thumb[64, 64, 0] < 50  # the red box at the centre
     assert th.write_thumbnails(path, rows_frame([Row.no_face("p.png", 0, 0.0)]), tmp_path / "c") == {}
+
+
+def test_dominant_emotion_ignores_missing_values() -> None:
+    assert tl.dominant_emotion([pd.NA, None, 0.1, 0.2, math.nan, 0.0, 0.0]) == "happy"
