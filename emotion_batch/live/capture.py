@@ -65,7 +65,9 @@ class LatestFrame:
 class Decoder(threading.Thread):
     """Decodes `spec` into a LatestFrame until `stop`; `error` holds a SourceError that ended it, if any."""
 
-    def __init__(self, spec: SourceSpec, buffer: LatestFrame, stop: threading.Event, **reconnect: Any) -> None:
+    def __init__(
+        self, spec: SourceSpec, buffer: LatestFrame, stop: threading.Event, **reconnect: Any
+    ) -> None:
         super().__init__(name="live-decoder", daemon=True)
         self.spec, self.buffer, self.stop = spec, buffer, stop
         self.stats = SourceStats()

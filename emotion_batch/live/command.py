@@ -247,7 +247,14 @@ def _session(spec: Any, out: Path, people: Any, preview: Any, options: dict[str,
         log.info("live: %s -> %s at %g samples/s", spec.name, sink.path_for(time.time()), options["fps"])
         decoder.start()
         stats = capture.run(
-            decoder, analyser, sink.write, observers, stop, fps=options["fps"], deadline=deadline, started=started
+            decoder,
+            analyser,
+            sink.write,
+            observers,
+            stop,
+            fps=options["fps"],
+            deadline=deadline,
+            started=started,
         )
     except SinkError as exc:
         log.error("%s", exc)

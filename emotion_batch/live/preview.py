@@ -164,7 +164,10 @@ class Preview:
         server_class = type(
             "PreviewServer",
             (ThreadingHTTPServer,),
-            {"address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET, "daemon_threads": True},
+            {
+                "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                "daemon_threads": True,
+            },
         )
         try:
             self._server = server_class((self.host, self.port), Handler)

@@ -59,7 +59,9 @@ class CsvSink:
         self._path = path
         if path not in self.paths:
             self.paths.append(path)
-            del self.paths[:-48]  # bounded over a long capture; older files are listed in the log as they close
+            del self.paths[
+                :-48
+            ]  # bounded over a long capture; older files are listed in the log as they close
 
     def write(self, rows: Sequence[Row]) -> None:
         path = self.path_for(self.clock())

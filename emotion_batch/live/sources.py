@@ -130,7 +130,9 @@ def frames(
             log.info("connected to %s", spec.name)
             try:
                 stream = container.streams.video[0]
-                stream.thread_type = "SLICE"  # frame threading would hold frames back: latency, not throughput
+                stream.thread_type = (
+                    "SLICE"  # frame threading would hold frames back: latency, not throughput
+                )
                 for packet in container.demux(stream):
                     arrived = time.monotonic()
                     for frame in packet.decode():
