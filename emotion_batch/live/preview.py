@@ -78,7 +78,8 @@ async function refresh() {{
     const state = await r.json();
     body.replaceChildren(...state.people.map(p => {{
       const tr = document.createElement("tr");
-      cell(tr, "#" + p.track_id); cell(tr, p.emotion); cell(tr, p.confidence.toFixed(2)); cell(tr, p.sparkline, "spark");
+      cell(tr, "#" + p.track_id); cell(tr, p.emotion);
+      cell(tr, p.confidence.toFixed(2)); cell(tr, p.sparkline, "spark");
       return tr;
     }}));
     document.getElementById("status").textContent =

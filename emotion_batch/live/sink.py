@@ -67,12 +67,14 @@ class CsvSink:
         path = self.path_for(self.clock())
         if path != self._path or self._file is None:
             self._switch(path)
+        file = self._file
+        if file is None:  # pragma: no cover - _switch opens it or raises
+            raise SinkError(f"{path} is not open")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([[_cell(v) for v in row] for row in rows])
-        assert self._file is not None
         try:
-            self._file.write(buffer.getvalue())  # one write per sample: whole lines only
-            self._file.flush()
+            file.write(buffer.getvalue())  # one write per sample: whole lines only
+            file.flush()
         except OSError as exc:
             raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self.rows += len(rows)

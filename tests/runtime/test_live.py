@@ -12,9 +12,8 @@ import signal
 import statistics
 import subprocess
 import time
-from pathlib import Path
-
 import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
