@@ -174,16 +174,23 @@ def test_reconnects_after_the_stream_drops(protocol: str, tmp_path: Path, cli_en
     video, port = shared_path(*DINNER), free_port()
     out, stats = tmp_path / "live.csv", tmp_path / "stats.json"
     args = (stream_url(protocol, port), "--out", out, "--stats", stats, "--reconnect-max", 1, "--no-view")
-    with live(*args, log=tmp_path / "log", env=cli_env) as process:
+    log_path = tmp_path / "log"
+
+    def connections() -> int:
+        return log_path.read_text(encoding="utf-8").count("connected to")
+
+    with live(*args, log=log_path, env=cli_env) as process:
         with serve(video, port, protocol):
-            wait_for(lambda: data_rows(out) > 0, 60, "rows from the first connection")
-        before = data_rows(out)  # the server is gone: the connection dropped
-        time.sleep(2)
+            wait_for(lambda: data_rows(out) > 10, 60, "rows from the first connection")
+        time.sleep(2)  # the server is gone: the connection dropped, the command retries
         assert process.poll() is None, "the command must keep trying, not exit"
+        assert connections() == 1
         with serve(video, port, protocol):
-            wait_for(lambda: data_rows(out) > before + 5, 60, "rows after reconnecting")
+            wait_for(lambda: connections() >= 2, 30, "the reconnection")
+            before = data_rows(out)
+            wait_for(lambda: data_rows(out) > before + 10, 60, "rows after reconnecting")
         code = send(process, signal.SIGINT)
-    log = (tmp_path / "log").read_text(encoding="utf-8")
+    log = log_path.read_text(encoding="utf-8")
     assert code == 0, log
     summary = json.loads(stats.read_text(encoding="utf-8"))
     assert summary["connections"] >= 2 and summary["drops"] >= 1, summary
