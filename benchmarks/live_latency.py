@@ -47,7 +47,8 @@ def run(streams: int, video: Path, fps: float, duration: float, work: Path) -> l
                 subprocess.Popen(
                     [shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-loglevel", "error", "-re"]
                     + ["-stream_loop", "-1", "-i", str(video), "-c", "copy", "-f", "mpegts"]
-                    + [f"tcp://127.0.0.1:{port}?listen=1"]
+                    + [f"tcp://127.0.0.1:{port}?listen=1"],
+                    stderr=subprocess.DEVNULL,  # "broken pipe" when the client stops first
                 )
             )
             stats.append(work / f"stats_{streams}_{k}.json")
@@ -79,9 +80,7 @@ def main() -> None:
     if not args.video.is_file():
         sys.exit(f"video not found: {args.video} (set EMOTION_BATCH_SHARED or pass --video)")
     print(f"{args.video.name}, {args.fps:g} samples/s, {args.duration:g} s per run, {os.cpu_count()} CPU(s)")
-    header = (
-        f"{'streams':>7} {'stream':>6} {'samples':>7} {'faces/s':>7} {'median':>8} {'p95':>8} {'max':>8} "
-    )
+    header = f"{'streams':>7} {'stream':>6} {'samples':>7} {'faces':>7} {'median':>8} {'p95':>8} {'max':>8} "
     print(header + f"{'skipped':>7} {'decoded':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for streams in args.streams:
