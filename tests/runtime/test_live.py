@@ -23,7 +23,7 @@ from emotion_batch.live.command import live_command
 from emotion_batch.live.preview import PreviewError, parse_address
 from emotion_batch.live.sink import CsvSink
 from emotion_batch.live.sources import Arrival, SourceError, parse_source
-from emotion_batch.live.view import HISTORY, People
+from emotion_batch.live.view import HISTORY, People, terminal_table
 from emotion_batch.schema import ROW_COLUMNS, Row
 
 from .browser import chromium
@@ -104,6 +104,12 @@ def test_people_view_is_bounded() -> None:
     assert len(snapshot) <= 12
     assert all(len(p["sparkline"]) <= HISTORY for p in snapshot)
     assert snapshot[0]["emotion"] == "happy"
+    from rich.console import Console
+
+    console = Console(record=True, width=100)
+    console.print(terminal_table(people, "status line"))
+    text = console.export_text()
+    assert "#1199" in text and "happy" in text and "▇" in text and "status line" in text
 
 
 def test_preview_refuses_non_loopback_addresses() -> None:
