@@ -109,7 +109,7 @@ def test_people_view_is_bounded() -> None:
     console = Console(record=True, width=100)
     console.print(terminal_table(people, "status line"))
     text = console.export_text()
-    assert "#1199" in text and "happy" in text and "▇" in text and "status line" in text
+    assert "#1199" in text and "happy" in text and "█" in text and "status line" in text
 
 
 def test_preview_refuses_non_loopback_addresses() -> None:
