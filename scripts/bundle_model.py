@@ -1,13 +1,14 @@
 """Copy a finished `emotion-train` run into models/, the model that emotion-batch ships and loads by default.
 
-    python scripts/bundle_model.py RUN_DIR [--models models]
+    python scripts/bundle_model.py RUN_DIR [--models models] [--benchmark results.json ...]
 
 RUN_DIR is a training run, or the output of `emotion-train ensemble` / `emotion-train quantize`. Copies
 model.onnx, model.json and the small evaluation plots; for an ensemble, each member's training curves
 (training_curves_1.png, ...). Plots of the previous model that the new one does not have are removed, so
 no figure describes another model. The card's measured face framing (`crop`, written by
 scripts/measure_framing.py) is a property of the training data, not of one run, so it is kept from the
-bundled card when the new run's card has none.
+bundled card when the new run's card has none. Each ``--benchmark`` file (the ``--json`` of
+scripts/evaluate_model.py) is summarised into the card's ``generalisation`` section, keyed by its split.
 """
 
 from __future__ import annotations
@@ -30,8 +31,26 @@ def copy_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def bundle(run_dir: Path, models: Path) -> dict:
+def benchmark_summary(result: dict) -> dict:
+    """The figures of one evaluate_model.py run that a card keeps (no confusion matrix, no per-class table)."""
+    keep = ("split", "cpu", "accuracy", "macro_f1", "ferplus", "ms_per_face_batch1_1thread_median", "model_mb")
+    out = {key: result[key] for key in keep if key in result}
+    suite = result.get("robustness") or {}
+    out["robustness"] = {
+        "mean_accuracy": suite.get("mean_accuracy"),
+        "conditions": {name: c["accuracy"] for name, c in suite.get("conditions", {}).items()},
+        "detection_rate": {name: c["detection_rate"] for name, c in suite.get("conditions", {}).items()
+                           if "detection_rate" in c},
+    }
+    return out
+
+
+def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> dict:
     card = json.loads((run_dir / "model.json").read_text())
+    for path in benchmarks:
+        result = json.loads(path.read_text())
+        split = result["split"].split()[1]  # "FER-2013 PrivateTest (3589 images)"
+        card.setdefault("generalisation", {})[split] = benchmark_summary(result)
     previous_card = models / "model.json"
     if "crop" not in card and previous_card.exists():
         previous = json.loads(previous_card.read_text())
@@ -58,8 +77,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
+    parser.add_argument("--benchmark", type=Path, action="append", default=[],
+                        help="an evaluate_model.py --json file to summarise into the card (repeatable)")
     args = parser.parse_args()
-    card = bundle(args.run_dir, args.models)
+    card = bundle(args.run_dir, args.models, tuple(args.benchmark))
     metrics = card.get("metrics", {})
     for split, m in metrics.items():
         print(f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} ({m['split']})")

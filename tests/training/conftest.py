@@ -83,3 +83,10 @@ def trained_run(datasets, tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs a real training run or a real CLI export (subprocesses, TensorFlow) is slow."""
+    for item in items:
+        if {"trained_run", "cli_run", "real_images"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from click.testing import CliRunner
 from emotion_train.cli import main
 
 from .conftest import run_env, train_command
 
 
+@pytest.mark.slow
 def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(datasets, tmp_path):
     """Keras's download fails (a proxy on a closed loopback port stands in for 'no internet')."""
     env = dict(run_env(), KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",
@@ -28,6 +30,7 @@ def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(datasets, 
     assert "--weights PATH.h5" in error[0] and "--weights none" in error[0]
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_retry(datasets, tmp_path):
     """The first try dies at once (unusable --weights is caught later than parsing); the retry trains."""
     run = tmp_path / "run"

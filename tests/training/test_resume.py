@@ -8,7 +8,11 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from .conftest import run_env, train_command
+
+pytestmark = pytest.mark.slow
 
 
 def test_resume_after_kill(datasets, tmp_path):
