@@ -37,6 +37,7 @@ from .schema import EMOTIONS, FileSummary, Row, rows_frame
 from .vision import annotate
 from .vision.classification import Classifier, FrameBatcher, ModelCard
 from .vision.detection import Detection, Detector, DetectorSpec, create_detector
+from .vision.shots import ShotDetector
 from .vision.tracking import FaceTracker
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 FrameCallback = Callable[[int], None]
 
 #: Bump when a code change alters the rows for the same model and settings, so state stores reprocess.
-ROWS_FORMAT = 3  # 3: frames at least twice the working width are halved by area averaging first
+#: 3: frames at least twice the working width are halved by area averaging first; 4: a `shot` column, and
+#: tracks use appearance and end at hard cuts (`vision.shots`).
+ROWS_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -234,12 +237,49 @@ def _box(face: Detection, width: int, height: int) -> tuple[int, int, int, int]:
     return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
 
 
+def frame_rows(
+    source: str,
+    index: int,
+    timestamp_s: float,
+    shot: int,
+    size: tuple[int, int],
+    faces: Sequence[Detection],
+    ids: Sequence[int],
+    probs: np.ndarray,
+) -> list[Row]:
+    """One sampled frame's rows (the output contract): one per face, or one `Row.no_face` when there is none.
+
+    `size` is the frame's (height, width), to clip the boxes; `probs` the classifier's [faces, 7] output. The
+    live command builds its rows with this too, so batch and live rows are the same.
+    """
+    if not faces:
+        return [Row.no_face(source, index, timestamp_s, shot)]
+    height, width = size
+    rows = []
+    for i, (face, track, p) in enumerate(zip(faces, ids, probs)):
+        k = int(np.argmax(p))
+        head = (
+            source,
+            index,
+            timestamp_s,
+            shot,
+            len(faces),
+            i,
+            track,
+            *_box(face, width, height),
+            face.score,
+        )
+        rows.append(Row._make((*head, *p.tolist(), EMOTIONS[k], float(p[k]))))
+    return rows
+
+
 @dataclass
 class _Sampled:
     """What is kept of a sampled frame while its faces wait for their batch's classification."""
 
     index: int
     timestamp_s: float
+    shot: int
     height: int
     width: int
     faces: list[Detection]
@@ -252,27 +292,19 @@ def _analyse(
 ) -> FileResult:
     engine = engine_for(settings)
     sampler = FrameSampler(path, media_type, settings.sampling)
-    tracker = FaceTracker() if media_type == "video" else None
+    video = media_type == "video"
+    tracker = FaceTracker() if video else None
+    shots = ShotDetector() if video else None
     batcher: FrameBatcher[_Sampled] = FrameBatcher(engine.classifier)
     records: list[Row] = []
 
     def emit(frame: _Sampled, probs: np.ndarray) -> None:
-        if not frame.faces:
-            records.append(Row.no_face(source.source, frame.index, frame.timestamp_s))
-        for i, (face, track, p) in enumerate(zip(frame.faces, frame.ids, probs)):
-            k = int(np.argmax(p))
-            box = _box(face, frame.width, frame.height)
-            head = (
-                source.source,
-                frame.index,
-                frame.timestamp_s,
-                len(frame.faces),
-                i,
-                track,
-                *box,
-                face.score,
+        size = (frame.height, frame.width)
+        records.extend(
+            frame_rows(
+                source.source, frame.index, frame.timestamp_s, frame.shot, size, frame.faces, frame.ids, probs
             )
-            records.append(Row._make((*head, *p.tolist(), EMOTIONS[k], float(p[k]))))
+        )
         if frame.image is not None and settings.annotate_dir is not None:
             target = annotate.annotation_path(settings.annotate_dir, source.source, media_type, frame.index)
             annotate.save(target, annotate.draw(frame.image, frame.faces, frame.ids, probs))
@@ -281,10 +313,14 @@ def _analyse(
 
     for frame in sampler:
         faces = (engine.photo_detector if media_type == "image" else engine.detector).detect(frame.image)
-        ids = tracker.update(faces, frame.timestamp_s) if tracker else list(range(len(faces)))
+        shot = shots.update(frame.image, frame.timestamp_s) if shots else 0
+        if tracker:
+            ids = tracker.update(faces, frame.timestamp_s, image=frame.image, shot=shot)
+        else:
+            ids = list(range(len(faces)))
         kept = frame.image if settings.annotate_dir is not None else None
         height, width = frame.image.shape[:2]
-        sampled = _Sampled(frame.index, frame.timestamp_s, height, width, faces, ids, kept)
+        sampled = _Sampled(frame.index, frame.timestamp_s, shot, height, width, faces, ids, kept)
         for done, probs in batcher.add(sampled, frame.image, faces):
             emit(done, probs)
     for done, probs in batcher.flush():

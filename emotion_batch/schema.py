@@ -25,6 +25,8 @@ class Row(NamedTuple):
     source: str
     frame_index: int
     timestamp_s: float
+    #: The frame's shot within its video (0, then +1 at each hard cut, `vision.shots`); 0 for images.
+    shot: int
     n_faces: int
     face_index: int | None
     track_id: int | None
@@ -44,8 +46,8 @@ class Row(NamedTuple):
     confidence: float | None
 
     @classmethod
-    def no_face(cls, source: str, frame_index: int, timestamp_s: float) -> Row:
-        return cls(source, frame_index, timestamp_s, 0, *(None,) * (len(cls._fields) - 4))
+    def no_face(cls, source: str, frame_index: int, timestamp_s: float, shot: int = 0) -> Row:
+        return cls(source, frame_index, timestamp_s, shot, 0, *(None,) * (len(cls._fields) - 5))
 
 
 class FileSummary(TypedDict, total=False):
@@ -99,7 +101,7 @@ def _dtypes(record: type) -> dict[str, str]:
 
 
 #: Required per-frame, per-face columns, in order. Extra columns, if any, come after these.
-ROW_COLUMNS: tuple[str, ...] = _columns(Row._fields, 11, EMOTIONS, "Row's emotion fields")
+ROW_COLUMNS: tuple[str, ...] = _columns(Row._fields, 12, EMOTIONS, "Row's emotion fields")
 _ROW_DTYPES = _dtypes(Row)
 #: Per-file summary columns, in order.
 SUMMARY_COLUMNS: tuple[str, ...] = _columns(

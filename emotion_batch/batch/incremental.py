@@ -149,6 +149,14 @@ class Outcome:
     rewritten: bool = True
 
 
+def _only_rows_format_differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when two settings records differ in the rows format (the code's version of the rows) alone."""
+    rest = {k: v for k, v in old.items() if k != "rows_format"}
+    return old.get("rows_format") != new.get("rows_format") and rest == {
+        k: v for k, v in new.items() if k != "rows_format"
+    }
+
+
 def _make_folder(folder: Path, what: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -195,7 +203,20 @@ class IncrementalRun:
             self.state.reset(self.settings, self.fingerprint)
             return
         if stored != self.fingerprint:
-            change = explain_change(self.state.get_meta("settings") or {}, self.settings)
+            previous = self.state.get_meta("settings") or {}
+            if _only_rows_format_differs(previous, self.settings):
+                # Not a choice of the user's: this version cannot write the old format, and mixing the two would
+                # give an inconsistent --out. Every file is analysed again, as --force would.
+                log.warning(
+                    "%s was made by another version of emotion-batch (rows format %s, this one writes %s): "
+                    "every file is analysed again",
+                    self.paths.out,
+                    previous.get("rows_format", "unknown"),
+                    self.settings["rows_format"],
+                )
+                self.state.reset(self.settings, self.fingerprint)
+                return
+            change = explain_change(previous, self.settings)
             raise SettingsChanged(
                 f"{self.paths.out} holds rows made with other settings ({change}). Mixing rows from two "
                 "models or samplings would make the results inconsistent, so nothing was done. Rerun with "

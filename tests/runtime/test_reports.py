@@ -19,7 +19,7 @@ def rows_for(source: str, tracks: int, samples: int, seed: int = 0):
     for k in range(samples):
         t = k * 0.5
         if k % 7 == 3:  # a frame without faces
-            rows.append((source, k * 12, t, 0, *([None] * 16)))
+            rows.append((source, k * 12, t, 0, 0, *([None] * 16)))
             continue
         for track in range(tracks):
             p = rng.dirichlet(np.ones(7) + 4 * np.eye(7)[(track * 3 + k // 10) % 7])
@@ -28,6 +28,7 @@ def rows_for(source: str, tracks: int, samples: int, seed: int = 0):
                     source,
                     k * 12,
                     t,
+                    0,
                     tracks,
                     track,
                     track,

@@ -12,9 +12,9 @@ from emotion_batch.schema import ROW_COLUMNS, rows_frame
 
 PROBS = (0.1, 0.05, 0.05, 0.6123456789012345, 0.1, 0.05, 0.0376543210987655)
 ROWS = [
-    ("a.mp4", 0, 0.0, 0, *([None] * 16)),
-    ("a.mp4", 13, 0.52, 2, 0, 0, 10, 20, 30, 40, 0.91, *PROBS, "happy", PROBS[3]),
-    ("a.mp4", 13, 0.52, 2, 1, 3, 110, 20, 32, 41, 0.77, *PROBS, "happy", PROBS[3]),
+    ("a.mp4", 0, 0.0, 0, 0, *([None] * 16)),
+    ("a.mp4", 13, 0.52, 0, 2, 0, 0, 10, 20, 30, 40, 0.91, *PROBS, "happy", PROBS[3]),
+    ("a.mp4", 13, 0.52, 0, 2, 1, 3, 110, 20, 32, 41, 0.77, *PROBS, "happy", PROBS[3]),
 ]
 
 
@@ -25,8 +25,8 @@ def test_csv_layout(tmp_path: Path) -> None:
         sink.write(rows_frame(ROWS[1:]))
     lines = out.read_text().splitlines()
     assert lines[0] == ",".join(ROW_COLUMNS)
-    assert lines[1] == "a.mp4,0,0.0,0" + "," * 16
-    assert lines[2].startswith("a.mp4,13,0.52,2,0,0,10,20,30,40,0.91,0.1,0.05,0.05,0.6123456789012345,")
+    assert lines[1] == "a.mp4,0,0.0,0,0" + "," * 16
+    assert lines[2].startswith("a.mp4,13,0.52,0,2,0,0,10,20,30,40,0.91,0.1,0.05,0.05,0.6123456789012345,")
     back = pd.read_csv(out)
     assert back["happy"].iloc[1] == PROBS[3]  # full precision, not rounded
     assert sink.rows_written == 3

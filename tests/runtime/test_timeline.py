@@ -25,11 +25,11 @@ def one_hot(emotion: str, p: float = 0.7) -> list[float]:
 
 
 def face(source: str, t: float, track: int, emotion: str, *, index: int = 0, n: int = 1, frame=None,
-         box=(10, 10, 40, 40), score: float = 0.9, p: float = 0.7) -> Row:  # fmt: skip
+         box=(10, 10, 40, 40), score: float = 0.9, p: float = 0.7, shot: int = 0) -> Row:  # fmt: skip
     probs = one_hot(emotion, p)
     k = int(np.argmax(probs))
     frame_index = round(t * 25) if frame is None else frame
-    return Row(source, frame_index, t, n, index, track, *box, score, *probs, EMOTIONS[k], probs[k])
+    return Row(source, frame_index, t, shot, n, index, track, *box, score, *probs, EMOTIONS[k], probs[k])
 
 
 def video_rows(seconds: int = 150, source: str = "clips/a.mp4") -> list[Row]:
@@ -69,6 +69,7 @@ def test_dominant_emotion_is_the_summary_rule() -> None:
                 "a.mp4",
                 i,
                 i / 2,
+                0,
                 1,
                 0,
                 0,
@@ -88,7 +89,7 @@ def test_dominant_emotion_is_the_summary_rule() -> None:
 
 
 def test_timeline_bins_per_track_and_minute() -> None:
-    rows = rows_frame(video_rows())
+    rows = rows_frame(video_rows()).drop(columns="shot")  # rows of an older format: no shot column
     table = tl.timeline_table(rows, 60, durations={"clips/a.mp4": 150.0})
     assert list(table.columns) == list(tl.TIMELINE_COLUMNS)
     track0 = table[table["track_id"] == 0]
@@ -218,8 +219,8 @@ def test_thumbnails_decode_the_right_frames(tmp_path: Path) -> None:
     assert decoded == {i: i for i in wanted}
 
     written = th.write_thumbnails(video, rows, tmp_path / "charts", size=96)
-    assert sorted(written) == [(None, k) for k in range(len(wanted))]
-    assert written[(None, 2)].name == "b.mp4.track-2.jpg"
+    assert sorted(written) == [(0, k) for k in range(len(wanted))]
+    assert written[(0, 2)].name == "b.mp4.shot-0.track-2.jpg"
     assert all(cv2.imread(str(p)).shape == (96, 96, 3) for p in written.values())
 
 
@@ -230,7 +231,7 @@ def test_thumbnails_of_an_image(tmp_path: Path) -> None:
     cv2.imwrite(str(path), image)
     rows = rows_frame([face("p.png", 0.0, 0, "happy", frame=0, box=(30, 20, 40, 40))])
     written = th.write_thumbnails(path, rows, tmp_path / "charts", media_type="image")
-    thumb = cv2.imread(str(written[(None, 0)]))
+    thumb = cv2.imread(str(written[(0, 0)]))
     assert thumb[64, 64, 2] > 200 and thumb[64, 64, 0] < 50  # the red box at the centre
     assert th.write_thumbnails(path, rows_frame([Row.no_face("p.png", 0, 0.0)]), tmp_path / "c") == {}
 
