@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import cv2
 import numpy as np
@@ -128,52 +128,37 @@ class _Track:
     look: np.ndarray | None = field(default=None, repr=False)
 
 
+@dataclass
 class FaceTracker:
     """Assigns track ids to each sampled frame's faces, in time order, within one video."""
 
-    def __init__(
-        self,
-        base_shift: float = 0.6,
-        shift_per_s: float = 1.2,
-        max_size_change: float = 2.0,
-        max_missed: int = 2,
-        min_gap_s: float = 1.0,
-        *,
-        fast_shift: float = 6.0,
-        fast_appearance: float = 0.3,
-        max_appearance: float = 0.6,
-        appearance_weight: float = 2.0,
-        reid_s: float = 4.0,
-        reid_shift: float = 2.0,
-        reid_appearance: float = 0.3,
-        max_prediction_s: float = 1.0,
-    ) -> None:
-        #: A face may be up to base_shift + shift_per_s * dt face widths from the predicted centre.
-        self.base_shift = base_shift
-        self.shift_per_s = shift_per_s
-        #: ... and at most this factor bigger or smaller.
-        self.max_size_change = max_size_change
-        #: A track survives while it has missed at most `max_missed` samples or `min_gap_s` seconds.
-        self.max_missed = max_missed
-        self.min_gap_s = min_gap_s
-        #: With appearance: a face up to `fast_shift` widths away joins a track it looks like (distance at most
-        #: `fast_appearance`); no pair looking more different than `max_appearance` is matched; the appearance
-        #: distance is weighted by `appearance_weight` against the motion terms.
-        self.fast_shift = fast_shift
-        self.fast_appearance = fast_appearance
-        self.max_appearance = max_appearance
-        self.appearance_weight = appearance_weight
-        #: With appearance: a lost track can be taken up again for `reid_s` seconds after it was last seen, by a
-        #: face within `reid_shift` widths (+ shift_per_s per second) of where it was that looks like it.
-        self.reid_s = reid_s
-        self.reid_shift = reid_shift
-        self.reid_appearance = reid_appearance
-        #: Constant-velocity prediction is extrapolated at most this long.
-        self.max_prediction_s = max_prediction_s
-        self._tracks: list[_Track] = []
-        self._lost: list[_Track] = []
-        self._next_id = 0
-        self._shot: int | None = None
+    #: A face may be up to base_shift + shift_per_s * dt face widths from the predicted centre ...
+    base_shift: float = 0.6
+    shift_per_s: float = 1.2
+    #: ... and at most this factor bigger or smaller.
+    max_size_change: float = 2.0
+    #: A track survives while it has missed at most `max_missed` samples or `min_gap_s` seconds.
+    max_missed: int = 2
+    min_gap_s: float = 1.0
+    _: KW_ONLY
+    #: With appearance: a face up to `fast_shift` widths away joins a track it looks like (distance at most
+    #: `fast_appearance`); no pair looking more different than `max_appearance` is matched; the appearance
+    #: distance is weighted by `appearance_weight` against the motion terms.
+    fast_shift: float = 6.0
+    fast_appearance: float = 0.3
+    max_appearance: float = 0.6
+    appearance_weight: float = 2.0
+    #: With appearance: a lost track can be taken up again for `reid_s` seconds after it was last seen, by a
+    #: face within `reid_shift` widths (+ shift_per_s per second) of where it was that looks like it.
+    reid_s: float = 4.0
+    reid_shift: float = 2.0
+    reid_appearance: float = 0.3
+    #: Constant-velocity prediction is extrapolated at most this long.
+    max_prediction_s: float = 1.0
+    _tracks: list[_Track] = field(default_factory=list, init=False, repr=False)
+    _lost: list[_Track] = field(default_factory=list, init=False, repr=False)
+    _next_id: int = field(default=0, init=False, repr=False)
+    _shot: int | None = field(default=None, init=False, repr=False)
 
     @property
     def tracks_started(self) -> int:
