@@ -11,12 +11,18 @@ Two readers give the same frames, indices and timestamps:
 
 `open_reader` picks PyAV when the sampler can use skipping (sampling by time) and PyAV opens the file, and OpenCV
 otherwise; OpenCV also stays the authority on files PyAV cannot open or read. Set EMOTION_BATCH_DECODER=opencv
-to always use OpenCV.
+to always use OpenCV. Before either, the container's streams are listed: a file without a real video stream
+(audio only, or audio with cover art) is `NoFrames` ("no video stream"), and a cover-art stream (disposition
+attached_pic) is never the one analysed: when a file has one, PyAV reads the real video stream by its index.
+
+Animated GIF/WebP and multi-page TIFF files are "videos" too (inspection says so): `ImageSequenceReader` gives
+their frames through Pillow, with times from the frames' durations (a TIFF page every second).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import logging
 import math
@@ -30,6 +36,7 @@ import cv2
 import numpy as np
 
 from ..defaults import DECODER_THREADS_ENV
+from .inspection import degenerate_size, full_resolution_pages, open_image, sniff
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +157,20 @@ _ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_
 class PyAVReader:
     """Every packet through FFmpeg's decoder via PyAV, skipping unreferenced frames `skip_rule` does not want."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stream_index: int | None = None) -> None:
         import av
         from av.video.reformatter import VideoReformatter
 
         self._av = av
         self._reformatter = VideoReformatter()
         self._container = av.open(str(path), metadata_errors="ignore")
-        try:
-            self._stream = self._container.streams.video[0]
-        except IndexError:
+        streams = [s for s in self._container.streams.video if not _is_cover_art(s)]
+        if stream_index is not None:
+            streams = [s for s in streams if s.index == stream_index]
+        if not streams:
             self._container.close()
-            raise MediaError("no video stream") from None
+            raise NoFrames("no video stream")
+        self._stream = streams[0]
         self._stream.thread_type = "NONE" if _decoder_threads() == 1 else "SLICE"
         self._codec = self._stream.codec_context
         self.meta_fps = _usable_fps(float(self._stream.average_rate or 0))
@@ -226,6 +235,56 @@ def _converter(frame, reformatter) -> Callable[[], np.ndarray | None]:
     return convert
 
 
+def _is_cover_art(stream) -> bool:
+    """A still picture attached to the file (album or podcast cover, a thumbnail), not a video."""
+    return bool(int(stream.disposition) & _ATTACHED_PIC)
+
+
+_ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC
+
+
+@dataclass(frozen=True)
+class StreamChoice:
+    """What the container holds, as FFmpeg lists it before decoding."""
+
+    #: Index of the real video stream to analyse, or None when there is none.
+    video: int | None
+    #: Whether the file also has cover-art streams (then only PyAV can be told which stream to read).
+    has_cover_art: bool
+    audio_streams: int
+
+    def missing_video(self) -> str:
+        what = f"{self.audio_streams} audio stream{'s' if self.audio_streams != 1 else ''}"
+        if self.has_cover_art:
+            what += " and cover art (a still picture, not analysed)"
+        return (
+            f"no video stream: the file holds only {what}"
+            if self.audio_streams or self.has_cover_art
+            else ("no video stream")
+        )
+
+
+def probe_streams(path: Path) -> StreamChoice | None:
+    """The container's streams as PyAV lists them, or None when PyAV is missing or cannot open the file."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except Exception as exc:  # noqa: BLE001 - any failure: the decoders decide, with their own error
+        log.debug("PyAV cannot open %s (%s)", path, exc)
+        return None
+    try:
+        video = container.streams.video
+        real = [s for s in video if not _is_cover_art(s)]
+        return StreamChoice(
+            real[0].index if real else None, len(real) < len(video), len(container.streams.audio)
+        )
+    finally:
+        container.close()
+
+
 def _pyav_wanted(can_skip: bool) -> bool:
     if not can_skip or os.environ.get(DECODER_ENV, "").lower() == "opencv":
         return False
@@ -237,10 +296,185 @@ def _pyav_wanted(can_skip: bool) -> bool:
 
 
 def open_reader(path: Path, can_skip: bool) -> VideoReader:
-    """The reader for `path`: PyAV when the caller can use skipping and PyAV opens the file, else OpenCV."""
+    """The reader for `path`: Pillow for an animated image or multi-page TIFF; else PyAV when the caller can use
+    skipping (or the file has cover art, which OpenCV might read instead of the video) and PyAV opens the file;
+    else OpenCV. A container without a real video stream raises NoFrames."""
+    with open(path, "rb") as fh:
+        fmt = sniff(fh.read(4096))
+    if fmt in ImageSequenceReader.FORMATS:
+        return ImageSequenceReader(path, fmt)
+    choice = probe_streams(path)
+    if choice is not None and choice.video is None:
+        raise NoFrames(choice.missing_video())
+    if choice is not None and choice.has_cover_art:
+        try:
+            return PyAVReader(path, choice.video)
+        except Exception as exc:  # noqa: BLE001 - OpenCV decides, with its own error
+            log.debug("PyAV cannot read %s (%s); using OpenCV", path, exc)
     if _pyav_wanted(can_skip):
         try:
-            return PyAVReader(path)
+            return PyAVReader(path, choice.video if choice is not None else None)
         except Exception as exc:  # noqa: BLE001 - any PyAV failure: OpenCV decides, with its own error
             log.debug("PyAV cannot open %s (%s); using OpenCV", path, exc)
     return OpenCVReader(path)
+
+
+def to_bgr8(image: np.ndarray) -> np.ndarray:
+    """Any decoded picture (grey, BGR or BGRA; 8-bit, 16-bit, 32-bit integer or floating point) as 8-bit BGR.
+
+    Floating-point pictures (32-bit float TIFFs from scientific cameras, HDR exports) are taken as linear
+    intensities: when every finite value lies in [0, 1] (the usual convention) they are scaled by 255, otherwise
+    the finite range [min, max] is stretched to [0, 255]. NaN and infinities become 0. Integer pictures deeper
+    than 8 bits are scaled by their type's range, as OpenCV's IMREAD_COLOR does for 16-bit images.
+    """
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating):
+            values = image.astype(np.float64)
+            finite = np.isfinite(values)
+            values[~finite] = 0.0
+            low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0, 0)
+            if low >= 0.0 and high <= 1.0:
+                scaled = values * 255.0
+            elif high > low:
+                scaled = (values - low) * (255.0 / (high - low))
+            else:
+                scaled = np.zeros_like(values)
+            image = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        elif np.issubdtype(image.dtype, np.integer):
+            info = np.iinfo(image.dtype)
+            shifted = image.astype(np.float64) - min(info.min, 0)
+            image = np.clip(np.rint(shifted * (255.0 / (info.max - min(info.min, 0)))), 0, 255).astype(
+                np.uint8
+            )
+        else:
+            image = image.astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def pillow_to_bgr(image) -> np.ndarray:
+    """A Pillow picture as 8-bit BGR (float and 16-bit modes through `to_bgr8`, alpha dropped)."""
+    if image.mode in ("F", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+        array = np.asarray(image)
+        if image.mode == "I" and array.size and array.min() >= 0 and array.max() <= 0xFFFF:
+            array = array.astype(np.uint16)  # 16-bit data Pillow widened to 32 bits
+        return to_bgr8(array)
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    return to_bgr8(array if array.ndim == 2 else np.ascontiguousarray(array[:, :, ::-1]))
+
+
+class ImageSequenceReader:
+    """The frames of an animated GIF or WebP, or the pages of a multi-page TIFF, through Pillow.
+
+    A GIF or WebP frame's time is the sum of the durations of the frames before it (a duration of 10 ms or less
+    counts as 100 ms, as web browsers show it); TIFF pages carry no time, so page k is at k seconds. Thumbnails,
+    pyramid levels and masks in a TIFF are not pages of their own (see inspection.full_resolution_pages).
+    """
+
+    FORMATS = frozenset({"GIF", "WebP", "TIFF"})
+    #: A duration at or below this (ms) is shown as DEFAULT_DURATION_MS by browsers; GIFs often say 0.
+    MIN_DURATION_MS = 10
+    DEFAULT_DURATION_MS = 100
+    PAGE_INTERVAL_S = 1.0
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            self._image = open_image(self._fh, fmt)
+            if self._image is None:
+                raise MediaError(f"cannot decode {fmt} frames: this Pillow has no {fmt} support")
+            n = int(getattr(self._image, "n_frames", 1))
+            self._frames = full_resolution_pages(self._image) if fmt == "TIFF" else list(range(n))
+        except MediaError:
+            self._fh.close()
+            raise
+        except Exception as exc:
+            self._fh.close()
+            raise MediaError(f"cannot read the frames of this {fmt} file ({exc})") from exc
+        self._timed = fmt != "TIFF"
+        self._webp = _webp_durations(path) if fmt == "WebP" else None
+        self.frame_count = len(self._frames)
+        self.meta_fps = 1.0 / self.PAGE_INTERVAL_S
+        #: The sequence's length in seconds: the last frame's time plus its duration.
+        self.end_s = self.frame_count * self.PAGE_INTERVAL_S
+        if self._timed:
+            total = sum(self._duration_ms(i) for i in self._frames)
+            self.meta_fps = _usable_fps(1000.0 * self.frame_count / total) if total else 0.0
+            self.end_s = total / 1000.0
+        self.frames_read = 0
+        self.skip_rule: Callable[[float, float], bool] | None = None
+
+    def _duration_ms(self, frame: int) -> float:
+        self._image.seek(frame)
+        if self._webp is not None and frame < len(self._webp):
+            duration: object = self._webp[frame]  # Pillow tells a WebP frame's duration only once decoded
+        else:
+            duration = self._image.info.get("duration") or 0
+        try:
+            value = float(duration)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            value = 0.0
+        return value if value > self.MIN_DURATION_MS else float(self.DEFAULT_DURATION_MS)
+
+    def pictures(self) -> Iterator[Picture]:
+        elapsed_ms = 0.0
+        for position, frame in enumerate(self._frames):
+            try:
+                duration = self._duration_ms(frame)  # seeks to the frame
+            except Exception as exc:  # noqa: BLE001 - a damaged frame ends the sequence, as in a cut video
+                log.debug("cannot seek to frame %d (%s)", frame, exc)
+                return
+            self.frames_read += 1
+            ts = elapsed_ms / 1000.0 if self._timed else position * self.PAGE_INTERVAL_S
+            yield Picture(position, ts, self._current)
+            elapsed_ms += duration
+
+    def _current(self) -> np.ndarray | None:
+        try:
+            return pillow_to_bgr(self._image)
+        except Exception as exc:  # noqa: BLE001 - a damaged frame: skipped, as a video's damaged frame
+            log.debug("cannot decode a frame (%s)", exc)
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._image.close()
+        self._fh.close()
+
+
+def _webp_durations(path: Path) -> list[int]:
+    """The durations (ms) of an animated WebP's frames, from its ANMF chunks (RIFF), in order."""
+    durations: list[int] = []
+    with open(path, "rb") as fh:
+        header = fh.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+            return durations
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return durations
+            kind, size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if kind == b"ANMF":
+                payload = fh.read(16)
+                if len(payload) < 15:
+                    return durations
+                durations.append(int.from_bytes(payload[12:15], "little"))
+                fh.seek(size + (size & 1) - len(payload), os.SEEK_CUR)
+            else:
+                fh.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def check_frame_size(image: np.ndarray) -> None:
+    """Raise MediaError for a frame no face fits in (see inspection.degenerate_size)."""
+    height, width = image.shape[:2]
+    if problem := degenerate_size(width, height):
+        error = MediaError(problem)
+        error.needs_hint = False
+        raise error

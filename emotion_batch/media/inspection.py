@@ -27,10 +27,19 @@ from ..files import file_digest
 #: How many leading bytes are sniffed.
 HEAD_BYTES = 64 * 1024
 
-IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WebP", "TIFF", "GIF"})
+IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WebP", "TIFF", "GIF", "HEIF", "AVIF"})
 VIDEO_FORMATS = frozenset({"MP4/MOV", "Matroska/WebM", "AVI", "MPEG program stream", "MPEG transport stream"})
+#: Image formats that can hold several frames (animation) or pages; such a file is analysed as a video.
+MULTI_FRAME_FORMATS = frozenset({"GIF", "WebP", "TIFF"})
 # ISO base media files whose major brand says "still image" (HEIF/AVIF), not video.
-_STILL_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+#: The package that decodes HEIF (and where Pillow has no AVIF of its own, AVIF) photos.
+HEIF_PACKAGE = "pillow-heif"
+#: Frames whose shorter side is below this many pixels, or whose sides are further apart than MAX_ASPECT to 1,
+#: are refused: no face fits in them, and the detector's downscaling cannot shrink them (a 1 px high strip).
+MIN_SIDE = 16
+MAX_ASPECT = 16
 _BMP_HEADER_SIZES = frozenset(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
 _ISO_TOP_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof"})
 
@@ -112,8 +121,10 @@ def sniff(head: bytes) -> str | None:
     if head.startswith(b"\x00\x00\x01\xba"):
         return "MPEG program stream"
     if len(head) >= 8 and head[4:8] in _ISO_TOP_BOXES:
-        if head[4:8] == b"ftyp" and head[8:12] in _STILL_BRANDS:
-            return "HEIF/AVIF"
+        if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+            return "HEIF"
+        if head[4:8] == b"ftyp" and head[8:12] in _AVIF_BRANDS:
+            return "AVIF"
         return "MP4/MOV"
     if _looks_like_text(head):
         return "text"
@@ -122,6 +133,8 @@ def sniff(head: bytes) -> str | None:
         return "BMP"
     if len(head) >= 377 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
         return "MPEG transport stream"
+    if len(head) >= 389 and head[4] == 0x47 and head[196] == 0x47 and head[388] == 0x47:
+        return "MPEG transport stream"  # BDAV (.m2ts/.mts): each 188-byte packet after a 4-byte time code
     return None
 
 
@@ -179,7 +192,103 @@ def _pillow_opener(fmt: str) -> Any:
         except ImportError:  # a Pillow built without WebP
             return None
         return WebPImagePlugin.WebPImageFile
+    if fmt in ("HEIF", "AVIF"):
+        return heif_opener(fmt)
     return openers.get(fmt)
+
+
+def open_image(fh: BinaryIO, fmt: str) -> Any:
+    """The file as a Pillow image of format `fmt` (header parsed, pixels not yet read), or None if unsupported.
+
+    The plugin class is used directly, so Pillow's own decompression-bomb limit does not apply: `inspect` has
+    already applied --max-pixels.
+    """
+    opener = _pillow_opener(fmt)
+    if opener is None:
+        return None
+    fh.seek(0)
+    return opener(fh)
+
+
+def heif_opener(fmt: str) -> Any:
+    """Pillow's image class for a HEIF or AVIF file: Pillow's own AVIF plugin, else pillow-heif's; or None."""
+    if fmt == "AVIF":
+        try:
+            from PIL import AvifImagePlugin, features
+
+            if features.check("avif"):
+                return AvifImagePlugin.AvifImageFile
+        except ImportError:
+            pass
+    try:
+        from pillow_heif.as_plugin import HeifImageFile  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    return HeifImageFile
+
+
+def unsupported_still(fmt: str) -> str | None:
+    """Why a HEIF/AVIF photo cannot be decoded here (the package to install), or None when it can."""
+    if heif_opener(fmt) is not None:
+        return None
+    return (
+        f"{fmt} photo (HEIC/HEIF from a phone, or AVIF): decoding it needs the {HEIF_PACKAGE} package, which is "
+        f"not installed (pip install {HEIF_PACKAGE})"
+    )
+
+
+def frame_count(fh: BinaryIO, fmt: str) -> int:
+    """How many frames (GIF, WebP animation) or full-resolution pages (TIFF) an image file holds; 1 if unsure.
+
+    TIFF pages marked as reduced-resolution copies or masks (NewSubfileType bits 0 and 2: thumbnails, pyramid
+    levels) are not counted: they are not pictures of their own.
+    """
+    if fmt not in MULTI_FRAME_FORMATS:
+        return 1
+    opener = _pillow_opener(fmt)
+    if opener is None:
+        return 1
+    try:
+        fh.seek(0)
+        with opener(fh) as image:
+            if not getattr(image, "is_animated", False):
+                return 1
+            if fmt != "TIFF":
+                return int(getattr(image, "n_frames", 2))
+            return len(full_resolution_pages(image))
+    except Exception:  # noqa: BLE001 - a damaged file: treat it as one picture, the decoder decides
+        return 1
+
+
+def full_resolution_pages(image: Any) -> list[int]:
+    """The indices of a multi-page TIFF's pages that are pictures (not thumbnails, pyramid levels or masks)."""
+    pages = []
+    for page in range(int(getattr(image, "n_frames", 1))):
+        image.seek(page)
+        if not int(image.tag_v2.get(254, 0)) & 0b101:
+            pages.append(page)
+    return pages
+
+
+def degenerate_size(width: int, height: int) -> str | None:
+    """Why a frame of this size cannot be analysed (far too small or too elongated), or None."""
+    if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+        return (
+            f"degenerate frame size {width}x{height}: a picture to analyse needs both sides at least {MIN_SIDE} "
+            f"px and at most {MAX_ASPECT}:1 apart (no face fits in a strip)"
+        )
+    return None
+
+
+def unlisted_folder_problem(path: Path) -> FileProblem:
+    """The error for a folder the walk could not list (see sources.FOLDER)."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    else:
+        reason = "it could not be listed when the inputs were collected"
+    return FileProblem("unreadable", f"folder cannot be listed ({reason}): the files in it were not analysed")
 
 
 # --- containers ------------------------------------------------------------------------------------------------
@@ -228,7 +337,13 @@ def hint_for_decode_failure(inspection: Inspection | None) -> str:
 
 
 def inspect(path: Path, media_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspection:
-    """Open, fingerprint and sniff `path` (named as `media_type` by its extension); raise FileProblem if unusable."""
+    """Open, fingerprint and sniff `path` (named as `media_type` by its extension); raise FileProblem if unusable.
+
+    An animated GIF or WebP, or a TIFF of several full-resolution pages, is reported as media type "video": its
+    frames are sampled like a video's (see decoding.ImageSequenceReader), with a note saying so.
+    """
+    if media_type == "folder":
+        raise unlisted_folder_problem(path)
     fd = _open_without_blocking(path)
     with os.fdopen(fd, "rb") as fh:
         info = os.fstat(fh.fileno())
@@ -249,8 +364,8 @@ def inspect(path: Path, media_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         if fmt == "text":
             raise FileProblem("undecodable", f"not {'an image' if media_type == 'image' else 'a video'}: "
                               "the file contains plain text")  # fmt: skip
-        if fmt == "HEIF/AVIF":
-            raise FileProblem("undecodable", "HEIF/AVIF still image: this format is not supported by OpenCV")
+        if fmt in ("HEIF", "AVIF") and (problem := unsupported_still(fmt)):
+            raise FileProblem("undecodable", problem)
         actual = "image" if fmt in IMAGE_FORMATS else "video" if fmt in VIDEO_FORMATS else media_type
         if actual != media_type:
             notes.append(f"the content is {fmt} although the extension {path.suffix} says {media_type}; "
@@ -265,6 +380,15 @@ def inspect(path: Path, media_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
                     f"limit of {max_pixels / 1e6:g} megapixels (--max-pixels); not decoded (decompression "
                     "bomb protection)",
                 )
+            if size is not None and (problem := degenerate_size(*size)):
+                raise FileProblem("undecodable", problem)
+            frames = frame_count(fh, fmt)
+            if frames > 1:
+                actual = "video"
+                what = "pages" if fmt == "TIFF" else "frames"
+                timing = "one second apart" if fmt == "TIFF" else "timed by its frame durations"
+                notes.append(f"{'multi-page' if fmt == 'TIFF' else 'animated'} {fmt} with {frames} {what}: "
+                             f"analysed as a video (its {what} {timing})")  # fmt: skip
         if fmt == "MP4/MOV":
             problem = iso_structure_problem(fh, info.st_size)
             if problem:

@@ -28,7 +28,18 @@ import cv2
 import numpy as np
 
 from ..defaults import DEFAULT_FPS, DEFAULT_PREFETCH
-from .decoding import EPS, MediaError, NoFrames, UnreadableMedia, VideoReader, open_reader
+from .decoding import (
+    EPS,
+    MediaError,
+    NoFrames,
+    UnreadableMedia,
+    VideoReader,
+    check_frame_size,
+    open_reader,
+    pillow_to_bgr,
+    to_bgr8,
+)
+from .inspection import open_image, sniff
 
 __all__ = ["Frame", "FrameSampler", "MediaError", "SamplingPlan", "prefetched"]
 
@@ -175,14 +186,39 @@ class FrameSampler:
 
     def _image(self) -> Frame:
         # Decoding from bytes works for any file name (OpenCV's imread needs UTF-8 paths). IMREAD_COLOR applies
-        # the EXIF orientation and converts grey, 16-bit and alpha images to 8-bit BGR.
+        # the EXIF orientation and converts grey, 16-bit and alpha images to 8-bit BGR. It refuses 32-bit float
+        # TIFFs, which IMREAD_UNCHANGED decodes; `to_bgr8` brings those to 8 bits. HEIF/AVIF go through Pillow.
         data = np.fromfile(self.path, dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        fmt = sniff(data[:4096].tobytes())
+        if fmt in ("HEIF", "AVIF"):
+            image = self._pillow_image(fmt)
+        else:
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            if image is None and fmt == "TIFF":
+                unchanged = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+                image = to_bgr8(unchanged) if unchanged is not None and unchanged.size else None
         if image is None or image.size == 0:
             raise MediaError("cannot decode as an image (not an image, or a corrupt or unsupported one)")
+        check_frame_size(image)
         self.frames_decoded = 1
         self.duration_s = 0.0
         return Frame(index=0, timestamp_s=0.0, image=image)
+
+    def _pillow_image(self, fmt: str) -> np.ndarray | None:
+        from PIL import ImageOps
+
+        with open(self.path, "rb") as fh:
+            try:
+                picture = open_image(fh, fmt)
+                if picture is None:
+                    raise MediaError(f"cannot decode {fmt}: no decoder for it is installed (pillow-heif)")
+                with picture:
+                    picture.load()
+                    return pillow_to_bgr(ImageOps.exif_transpose(picture))
+            except MediaError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the plugin's own error names the cause
+                raise MediaError(f"cannot decode as a {fmt} image ({exc})") from exc
 
     def _video(self) -> Iterator[Frame]:
         reader = open_reader(self.path, can_skip=self.plan.rate is not None)
@@ -232,6 +268,8 @@ class FrameSampler:
             image = picture.image()
             if image is None:
                 continue  # a damaged frame: skip it, keep the timeline going
+            if not sampled:
+                check_frame_size(image)
             yield Frame(index=picture.index, timestamp_s=ts, image=image)
             sampled += 1
             if plan.max_frames is not None and sampled >= plan.max_frames:
@@ -242,7 +280,8 @@ class FrameSampler:
         if prev_ts is None:
             raise NoFrames("no decodable video frames")
         if reached_end:
-            self.duration_s = prev_ts + fallback_step
+            end = getattr(reader, "end_s", None)  # a reader that knows its length (ImageSequenceReader)
+            self.duration_s = end if end is not None and end > prev_ts else prev_ts + fallback_step
         else:
             count = reader.frame_count
             self.duration_s = count / reader.meta_fps if reader.meta_fps and count > 0 else None

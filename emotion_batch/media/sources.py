@@ -7,13 +7,25 @@ non-media file with a media extension is reported as an error for that file rath
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+log = logging.getLogger(__name__)
+
+# HEIC/HEIF (iPhone photos) and AVIF need a Pillow plugin; without one each such file is a clear per-file error.
+# An animated GIF/WebP or a multi-page TIFF is analysed as a video (see inspection.inspect).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
+)
+# .mts/.m2ts: AVCHD camcorders; .3gp/.3g2: older phones. (".ts" is left out: it names TypeScript sources too.)
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".mts", ".m2ts", ".3gp", ".3g2"}
+)
+#: The media type of a folder that could not be listed: analysing it reports it as an error (see inspection).
+FOLDER = "folder"
 
 
 @dataclass(frozen=True)
@@ -23,7 +35,8 @@ class Source:
     path: Path
     #: Path relative to the input root it was found under, with forward slashes (valid UTF-8: see display_name).
     source: str
-    #: "image", "video", or None when the extension is not a media extension (the file is skipped).
+    #: "image", "video", None when the extension is not a media extension (the file is skipped), or FOLDER for
+    #: a folder that could not be listed (reported as an error naming it, so its files are not silently lost).
     media_type: str | None
 
     @property
@@ -70,10 +83,21 @@ def _real(path: Path) -> Path:
         return path.absolute()
 
 
-def _walk(root: Path, ignore_dirs: frozenset[Path]) -> Iterable[Path]:
-    """Yield files under root in sorted order, following directory symlinks once and skipping hidden entries."""
+def _walk(root: Path, ignore_dirs: frozenset[Path], unlisted: list[Path] | None = None) -> Iterable[Path]:
+    """Yield files under root in sorted order, following directory symlinks once and skipping hidden entries.
+
+    A folder that cannot be listed (no read or no search permission, an I/O error) is appended to `unlisted`
+    and logged, instead of being left out silently as os.walk does.
+    """
     seen: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def failed(exc: OSError) -> None:
+        folder = Path(exc.filename) if exc.filename is not None else root
+        log.warning("cannot list folder %s: %s; its files are not analysed", folder, exc.strerror or exc)
+        if unlisted is not None:
+            unlisted.append(folder)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=failed, followlinks=True):
         here = Path(dirpath)
         real = _real(here)
         if real in seen or real in ignore_dirs:
@@ -98,17 +122,23 @@ def discover(
     out, as are any `ignore` paths such as the run's own outputs and chart folder, so a rerun never ingests its
     own charts). A listed file without a media extension is reported as skipped by the analysis.
     `include`/`exclude` are glob patterns matched against the relative source path or the file name. A file
-    reached twice (two overlapping roots, or a symlink) is listed once.
+    reached twice (two overlapping roots, or a symlink) is listed once. A folder that cannot be listed is
+    listed as a Source of media type FOLDER named "<relative path>/", so the run reports it as an error.
     """
     ignored = frozenset(_real(Path(p)) for p in ignore)
     found: list[tuple[Path, Path, str]] = []  # (root, file, relative name)
+    folders: list[tuple[Path, Path, str]] = []  # (root, unlisted folder, relative name)
     for raw in paths:
         root = Path(raw)
         if not root.exists() and not root.is_symlink():
             raise FileNotFoundError(f"input path does not exist: {root}")
         if root.is_dir():
-            for file in _walk(root, ignored):
+            unlisted: list[Path] = []
+            for file in _walk(root, ignored, unlisted):
                 found.append((root, file, file.relative_to(root).as_posix()))
+            for folder in unlisted:
+                rel = folder.relative_to(root).as_posix() if folder != root else root.name or str(root)
+                folders.append((root, folder, rel.rstrip("/") + "/"))
         else:
             found.append((root.parent, root, root.name))
 
@@ -128,4 +158,9 @@ def discover(
             # Same relative name under two different roots: qualify it with the root's folder name.
             name = display_name(f"{_real(root).name}/{rel}")
         sources[name] = Source(path=file.absolute(), source=name, media_type=media_type_for(file))
+    for root, folder, rel in folders:
+        name = display_name(rel)
+        if name in sources:
+            name = display_name(f"{_real(root).name}/{rel}")
+        sources[name] = Source(path=folder.absolute(), source=name, media_type=FOLDER)
     return [sources[k] for k in sorted(sources)]
