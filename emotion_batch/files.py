@@ -20,9 +20,27 @@ from typing import IO, Any
 #: Suffix of temporary files; leftovers of killed runs are recognised (and removed) by it and `temp_prefix`.
 TEMP_SUFFIX = ".tmp"
 
-# Temporary files are created 0600; outputs get the permissions a plain open() would give them.
+# Temporary files are created 0600 (mkstemp); what is published gets the permissions a plain open() would give
+# it (0666 less the umask: 0644 under the usual 022), so a service user can read a fetched detector or a model.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def current_umask() -> int:
+    """The process's umask now (Linux: read from /proc, without the race of setting it); else the one at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK
+
+
+def published_mode() -> int:
+    """The mode of a published file: what open() would create (0666 less the umask)."""
+    return 0o666 & ~current_umask()
 
 
 def temp_prefix(path: Path) -> str:
@@ -61,7 +79,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> It
     fd, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=suffix, dir=target.parent)
     pending = PendingFile(Path(name))
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, published_mode())
         os.close(fd)
         yield pending
         if not pending.discarded:

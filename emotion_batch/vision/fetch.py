@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import platformdirs
 
-from ..files import atomic_path, file_digest
+from ..files import atomic_path, file_digest, published_mode
 
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -69,6 +69,16 @@ def _copy_verified(
             )
 
 
+def _make_readable(path: Path) -> None:
+    """Give a verified copy installed owner-only (mode 0600, by older versions) the mode of a published file,
+    so a service user can read it; a copy someone else owns is left as it is."""
+    with contextlib.suppress(OSError):
+        info = path.stat()
+        wanted = published_mode()
+        if info.st_uid == os.geteuid() and (info.st_mode & 0o777) & wanted != wanted:
+            os.chmod(path, (info.st_mode & 0o777) | wanted)
+
+
 def fetch_yunet(
     *,
     url: str = YUNET_URL,
@@ -86,6 +96,7 @@ def fetch_yunet(
     """
     target = Path(dest) if dest is not None else cached_yunet_path()
     if not force and target.is_file() and file_digest(target) == expected_sha256:
+        _make_readable(target)
         return target
     try:
         if from_file is not None:
