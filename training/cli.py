@@ -149,6 +149,9 @@ def main() -> None:
                    "FER+'s ferplus.csv). Voted files train on their vote distribution; others on their folder.")
 @click.option("--label-weight", type=click.FloatRange(0, 1), default=None,
               help="With --labels: share of each voted target kept from the folder label.  [default: 0]")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start from a trained run's checkpoints/best.keras (same backbone and sizes) instead of "
+                   "--weights: e.g. to fine-tune a run on other labels.")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the horizontally flipped image's prediction inside the exported graph.")
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -158,7 +161,7 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                   test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
                   fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
                   dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight, labels_csv, label_weight,
-                  tta, seed, resume, verbose) -> None:
+                  init_from, tta, seed, resume, verbose) -> None:
     """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
@@ -186,7 +189,8 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                         teacher=str(teacher.resolve()) if teacher else None,
                         teacher_weight=0.5 if teacher_weight is None else teacher_weight,
                         labels=str(labels_csv.resolve()) if labels_csv else None,
-                        label_weight=label_weight or 0.0)
+                        label_weight=label_weight or 0.0,
+                        init_from=str(init_from.resolve()) if init_from else None)
     spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None
     config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
                        val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,

@@ -52,6 +52,7 @@ class TrainConfig:
     augmentation: dict | None = None  # AugmentConfig fields overriding its defaults (strength/erasing above)
     labels: str | None = None  # a votes CSV (multi-rater soft labels); see training/labels.py
     label_weight: float = 0.0  # share of each voted target that stays the folder's one-hot label
+    init_from: str | None = None  # a trained run's best.keras to start from (its architecture must match)
     patience: int = 8  # epochs without a better val accuracy before stage 2 stops
     seed: int = 42
     teacher: str | None = None  # an exported model.onnx whose probabilities join the targets (distillation)
@@ -339,6 +340,13 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
              ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)))
 
     classifier = build_classifier(config.model)
+    if config.init_from and not state.checkpoint:
+        start = keras.models.load_model(config.init_from, compile=False)
+        try:
+            classifier.set_weights(start.get_weights())
+        except ValueError as exc:
+            raise ValueError(f"{config.init_from}: its architecture differs from this run's ({exc})") from None
+        log.info("starting from the weights of %s", config.init_from)
     model = build_training_model(classifier)
     compiled_stage = 0
     for stage, stage_end in ((1, config.stage1_epochs), (2, config.epochs)):
