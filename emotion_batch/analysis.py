@@ -33,8 +33,9 @@ from .media.inspection import (
 )
 from .media.sampling import FrameSampler, MediaError, SamplingPlan
 from .media.sources import Source, display_name
-from .schema import EMOTIONS, FileSummary, Row, rows_frame
+from .schema import EMOTIONS, FileSummary, Row, dominant_emotion, rows_frame
 from .vision import annotate
+from .vision.annotate import encode_jpeg, face_crop
 from .vision.classification import Classifier, FrameBatcher, ModelCard
 from .vision.detection import Detection, Detector, DetectorSpec, create_detector
 from .vision.shots import ShotDetector
@@ -112,6 +113,9 @@ class FileResult:
     identity: FileIdentity | None = None
     #: Remarks for the log that did not stop the analysis (e.g. a misleading extension).
     notes: tuple[str, ...] = ()
+    #: One JPEG per person, {(shot, track_id): bytes}: the crop of its sample with the highest det_score x box
+    #: area (the earliest on a tie), cut from the frame while it was at hand, so nothing is decoded twice.
+    thumbnails: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
     @functools.cached_property
     def rows(self) -> pd.DataFrame:
@@ -205,7 +209,7 @@ def file_stats(rows: Sequence[Row]) -> FileSummary:
     means = {
         f"mean_{e}": (float(probs[:, k].mean()) if len(faces) else np.nan) for k, e in enumerate(EMOTIONS)
     }
-    dominant = max(EMOTIONS, key=lambda e: means[f"mean_{e}"]) if len(faces) else None
+    dominant = dominant_emotion(means)  # the one rule of the CSVs, charts and report; None without faces
     stats = FileSummary(
         frames_sampled=len(frames),
         frames_with_faces=sum(frames.values()),
@@ -297,6 +301,7 @@ def _analyse(
     shots = ShotDetector() if video else None
     batcher: FrameBatcher[_Sampled] = FrameBatcher(engine.classifier)
     records: list[Row] = []
+    best: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
 
     def emit(frame: _Sampled, probs: np.ndarray) -> None:
         size = (frame.height, frame.width)
@@ -320,6 +325,11 @@ def _analyse(
             ids = list(range(len(faces)))
         kept = frame.image if settings.annotate_dir is not None else None
         height, width = frame.image.shape[:2]
+        for face, track in zip(faces, ids):  # the thumbnail rule of `output.thumbnails.best_samples`
+            box = _box(face, width, height)
+            score = float(face.score) * box[2] * box[3]
+            if box[2] > 0 and box[3] > 0 and score > best.get((shot, track), (-1.0,))[0]:
+                best[(shot, track)] = (score, face_crop(frame.image, box))
         sampled = _Sampled(frame.index, frame.timestamp_s, shot, height, width, faces, ids, kept)
         for done, probs in batcher.add(sampled, frame.image, faces):
             emit(done, probs)
@@ -327,9 +337,9 @@ def _analyse(
         emit(done, probs)
     stats = file_stats(records)
     stats["duration_s"] = sampler.duration_s
-    return FileResult(
-        source, records, _summary(source, settings, "ok", None, media_type=media_type, stats=stats)
-    )
+    summary = _summary(source, settings, "ok", None, media_type=media_type, stats=stats)
+    thumbnails = {key: encode_jpeg(piece) for key, (_, piece) in best.items()}
+    return FileResult(source, records, summary, thumbnails=thumbnails)
 
 
 def process_file(source: Source, settings: Settings, on_frame: FrameCallback | None = None) -> FileResult:

@@ -22,6 +22,7 @@ import click
 
 from . import __version__
 from .defaults import (
+    DEFAULT_BIN_S,
     DEFAULT_FPS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_FACE,
@@ -65,7 +66,11 @@ _HELP = {
     "out": "Per-frame results: .csv, or .parquet by extension.",
     "summary": "Per-file summary [default: <out stem>_summary.<ext> beside --out].",
     "charts": "Folder for the PNG charts [default: <out stem>_charts/ beside --out].",
-    "no-charts": "Do not draw charts.",
+    "no-charts": "Do not draw charts (nor the track thumbnails beside them).",
+    "bin": "Width in seconds of the bins of <out stem>_timeline.csv (each person's emotion mix per bin).",
+    "no-report": "Do not write the HTML report <out stem>_report.html.",
+    "subtitles": "Also write one WebVTT subtitle file per video (each person's emotion over time), beside the "
+    "charts [or in <out stem>_subtitles/ with --no-charts].",
     "force": "Analyse every file again, even those the state store (<out>.state/) records as done; also the way "
     "to adopt new model or sampling settings for an existing --out.",
     "file-timeout": "Stop a file that takes longer than this many seconds (its worker is killed, the file is "
@@ -124,6 +129,9 @@ def main() -> None:
 @_option("--summary", type=_FILE)
 @_option("--charts", type=_FOLDER)
 @_option("--no-charts", is_flag=True)
+@_option("--bin", "bin_s", type=_POSITIVE, default=DEFAULT_BIN_S)
+@_option("--no-report", is_flag=True)
+@_option("--subtitles", is_flag=True)
 @_option("--force", is_flag=True)
 @_option("--file-timeout", type=_POSITIVE)
 @_option("--max-pixels", type=_COUNT, default=DEFAULT_MAX_PIXELS)
@@ -152,6 +160,9 @@ def analyze(
     summary: Path | None,
     charts: Path | None,
     no_charts: bool,
+    bin_s: float,
+    no_report: bool,
+    subtitles: bool,
     force: bool,
     quiet: bool,
     verbose: bool,
@@ -203,7 +214,9 @@ def analyze(
         raise click.UsageError(f"cannot open log file {log_file}: {exc.strerror or exc}") from exc
 
     options["include"], options["exclude"] = tuple(options["include"]), tuple(options["exclude"])
-    outputs = OutputPaths.for_out(out, summary, charts, no_charts)
+    outputs = OutputPaths.for_out(
+        out, summary, charts, no_charts, report=not no_report, subtitles=subtitles, bin_s=bin_s
+    )
     progress = RichProgress(console) if interactive else NoProgress() if quiet else LogProgress()
     started = time.perf_counter()
 

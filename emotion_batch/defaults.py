@@ -25,6 +25,8 @@ DEFAULT_WORKING_WIDTH = 512
 #: missed, not one sample of a track (at 512 px one of the shared photos' faces falls just under the score).
 PHOTO_MIN_WORKING_WIDTH = 640
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
+#: Width of the bins of the timeline table (`<out stem>_timeline.csv`), in seconds: one minute.
+DEFAULT_BIN_S = 60.0
 #: Sampled video frames decoded ahead by the background decoding thread (0: decode in the consumer's thread).
 DEFAULT_PREFETCH = 2
 #: Files processed in parallel, one worker process each: one per usable core.

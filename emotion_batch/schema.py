@@ -5,6 +5,7 @@ Other tooling relies on these names, so they live in one place and every writer 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
@@ -141,3 +142,27 @@ def rows_frame(records: Iterable[Sequence[object]]) -> pd.DataFrame:
 def summary_frame(records: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     """Build a summary DataFrame with the contract's columns and dtypes from per-file dicts."""
     return _frame(records, SUMMARY_COLUMNS, _SUMMARY_DTYPES)
+
+
+def dominant_emotion(means: Mapping[str, Any] | Sequence[float | None]) -> str | None:
+    """The emotion with the highest mean probability; the first in `EMOTIONS` order on a tie; None when unknown.
+
+    `means` is either a mapping keyed by emotion or by `mean_<emotion>` (a summary or table row), or a sequence
+    of 7 values in `EMOTIONS` order. NaN values (no faces) never win; all NaN gives None.
+    """
+    if isinstance(means, Mapping):
+        values = [means.get(e, means.get(f"mean_{e}")) for e in EMOTIONS]
+    else:
+        values = list(means)
+    if len(values) != len(EMOTIONS):
+        raise ValueError(f"expected {len(EMOTIONS)} values, got {len(values)}")
+    best: str | None = None
+    best_value = -math.inf
+    for emotion, value in zip(EMOTIONS, values):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):  # None, pd.NA
+            continue
+        if not math.isnan(v) and v > best_value:
+            best, best_value = emotion, v
+    return best

@@ -11,10 +11,13 @@ every run, so a fixed permission or a finished copy is picked up without --force
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -27,9 +30,13 @@ import pandas as pd
 from ..analysis import FileResult, describe_settings, skipped_result
 from ..files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
 from ..media.sources import Source
-from ..output import charts
+from ..output import charts, subtitles, thumbnails
+from ..output import timeline as tables
+from ..output.report import render_report, report_path
 from ..output.sinks import OutputError, write_table
+from ..output.timeline import DEFAULT_BIN_S, table_paths
 from ..schema import summary_frame
+from .drawing import Drawer
 from .job import Job
 from .shards import ShardStore, assemble, shard_name
 from .state import FileRecord, StateStore, explain_change, fingerprint_of
@@ -49,15 +56,43 @@ class OutputPaths:
     summary: Path
     charts: Path | None
     state_dir: Path
+    #: The minute-by-minute and per-person tables (`output.timeline`).
+    timeline: Path
+    tracks: Path
+    #: The HTML report (None: --no-report), and the folder of WebVTT subtitles (None: no --subtitles).
+    report: Path | None = None
+    subtitles: Path | None = None
+    #: Width of the timeline table's bins, in seconds.
+    bin_s: float = DEFAULT_BIN_S
 
     @classmethod
     def for_out(
-        cls, out: Path, summary: Path | None = None, charts: Path | None = None, no_charts: bool = False
+        cls,
+        out: Path,
+        summary: Path | None = None,
+        charts: Path | None = None,
+        no_charts: bool = False,
+        *,
+        report: bool = True,
+        subtitles: bool = False,
+        bin_s: float = DEFAULT_BIN_S,
     ) -> OutputPaths:
         out = Path(out)
         summary = summary or out.with_name(f"{out.stem}_summary{out.suffix}")
         charts_dir = None if no_charts else charts or out.with_name(f"{out.stem}_charts")
-        return cls(out, Path(summary), charts_dir, out.with_name(out.name + STATE_SUFFIX))
+        timeline, tracks = table_paths(out)
+        subtitles_dir = (charts_dir or out.with_name(f"{out.stem}_subtitles")) if subtitles else None
+        return cls(
+            out,
+            Path(summary),
+            charts_dir,
+            out.with_name(out.name + STATE_SUFFIX),
+            timeline,
+            tracks,
+            report_path(out) if report else None,
+            subtitles_dir,
+            float(bin_s),
+        )
 
     @property
     def lock(self) -> Path:
@@ -71,9 +106,15 @@ class OutputPaths:
     def shards(self) -> Path:
         return self.state_dir / "shards"
 
+    @property
+    def pictures(self) -> Path:
+        """Each file's track thumbnails as the worker cut them, copied into the charts folder when missing."""
+        return self.state_dir / "thumbnails"
+
     def ignored(self) -> list[Path]:
         """Everything this run writes, never to be read back as input (outputs may sit in an input folder)."""
-        return [self.out, self.summary, self.state_dir, *([self.charts] if self.charts else [])]
+        extra = [p for p in (self.charts, self.report, self.subtitles) if p is not None]
+        return [self.out, self.summary, self.state_dir, self.timeline, self.tracks, *extra]
 
     def check_writable(self) -> None:
         """Fail before any work when an output folder is missing or not writable."""
@@ -85,22 +126,28 @@ class OutputPaths:
             if not folder.is_dir():
                 raise OutputError(f"output folder does not exist: {folder}")
             _probe(folder)
-        if self.charts is not None:
-            _make_folder(self.charts, "charts folder")
-            _probe(self.charts)
+        for made, what in ((self.charts, "charts folder"), (self.subtitles, "subtitles folder")):
+            if made is not None:
+                _make_folder(made, what)
+                _probe(made)
 
     def prepare_state_dir(self) -> None:
         _make_folder(self.shards, "state folder")
+        _make_folder(self.pictures, "state folder")
 
     def remove_stale_temporaries(self) -> int:
         """Temporary files of runs that were killed (safe: we hold the lock, nobody else is writing)."""
         removed = 0
-        places = [(self.out.parent, temp_prefix(self.out)), (self.summary.parent, temp_prefix(self.summary))]
+        places = [(p.parent, temp_prefix(p)) for p in (self.out, self.summary, self.timeline, self.tracks)]
+        if self.report is not None:
+            places.append((self.report.parent, temp_prefix(self.report)))
+        if self.subtitles is not None and self.subtitles.is_dir():
+            places.append((self.subtitles, "."))
         if self.charts is not None and self.charts.is_dir():
             places.append((self.charts, "."))
         for folder, prefix in places:
             for entry in folder.glob(prefix + "*"):
-                if entry.name.endswith((TEMP_SUFFIX, CHART_TEMP_SUFFIX)) and entry.is_file():
+                if entry.name.endswith((TEMP_SUFFIX, CHART_TEMP_SUFFIX, ".partial")) and entry.is_file():
                     entry.unlink(missing_ok=True)
                     removed += 1
         return removed
@@ -192,6 +239,7 @@ class IncrementalRun:
         self.shards = ShardStore(paths.shards)
         self.settings = describe_settings(job.settings)
         self.fingerprint = fingerprint_of(self.settings)
+        self.drawer = Drawer(enabled=paths.charts is not None or paths.subtitles is not None)
 
     # 1. settings ----------------------------------------------------------------------------------------------
     def check_settings(self, force: bool) -> None:
@@ -271,15 +319,18 @@ class IncrementalRun:
 
     # 3. execute -------------------------------------------------------------------------------------------------
     def commit(self, result: FileResult) -> None:
-        """Make one file's result durable: shard (atomic rename), chart, then the state record (one transaction)."""
+        """Make one file's result durable: shard and thumbnails, then the state record (one transaction).
+
+        Its timeline chart and subtitles are drawn in the background (`drawing.Drawer`); a run killed before they
+        are done redraws them next time (`_heal`)."""
         source, rows, identity = result.source, result.rows, result.identity
         shard = shard_size = None
         if result.status == "ok" and len(rows):
             sha = identity.sha256 if identity else "unidentified"
             shard = shard_name(source.source, sha, self.fingerprint)
             shard_size = self.shards.write(shard, rows)
-            if self.paths.charts is not None and result.summary.get("media_type") == "video":
-                self._timeline(rows, source.source)
+            self._keep_pictures(shard, source.source, result.thumbnails)
+            self._draw(source.source, result.summary.get("media_type"), rows, shard)
         self.state.record(
             FileRecord(
                 source=source.source,
@@ -296,14 +347,61 @@ class IncrementalRun:
         )
 
     # 4. outputs -------------------------------------------------------------------------------------------------
-    def _timeline(self, rows: pd.DataFrame, source: str) -> None:
+    def _picture_dir(self, shard: str) -> Path:
+        return self.paths.pictures / Path(shard).stem
+
+    def _keep_pictures(self, shard: str, source: str, pictures: Mapping[tuple[int, int], bytes]) -> None:
+        """The worker's thumbnails, into the state folder (kept with the shard) and the charts folder."""
+        folder = self._picture_dir(shard)
+        folder.mkdir(parents=True, exist_ok=True)
+        for (shot, track), data in pictures.items():
+            name = thumbnails.thumbnail_filename(source, shot, track)
+            thumbnails.save_jpeg(folder / name, data)
+            if self.paths.charts is not None:
+                thumbnails.save_jpeg(self.paths.charts / name, data)
+
+    def _pictures(self, shard: str, source: str) -> dict[tuple[object, int], Path]:
+        """{(shot, track): thumbnail in the charts folder} of one file, copied there from the state folder when
+        missing (a new or cleaned charts folder)."""
         if self.paths.charts is None:
+            return {}
+        found: dict[tuple[object, int], Path] = {}
+        folder = self._picture_dir(shard)
+        prefix = thumbnails.thumbnail_filename(source, 0, 0).rsplit(".shot-", 1)[0]
+        for kept in sorted(folder.glob("*.jpg")) if folder.is_dir() else []:
+            match = (
+                _PICTURE_NAME.fullmatch(kept.name[len(prefix) :]) if kept.name.startswith(prefix) else None
+            )
+            if match is None:
+                continue
+            target = self.paths.charts / kept.name
+            if not target.exists():
+                thumbnails.save_jpeg(target, kept.read_bytes())
+            found[(int(match["shot"]), int(match["track"]))] = target
+        return found
+
+    def _draw(
+        self, source: str, media_type: object, rows: pd.DataFrame, shard: str, only_missing: bool = False
+    ) -> None:
+        """Queue the timeline chart and subtitles of one video (those missing only, when healing)."""
+        if media_type != "video":
             return
-        target = self.paths.charts / charts.chart_filename(source)
-        draw_atomically(charts.timeline_chart, target, rows, source)
+        if self.paths.charts is not None:
+            target = self.paths.charts / charts.chart_filename(source)
+            if not (only_missing and target.exists()):
+                pictures = {track: path for (_, track), path in self._pictures(shard, source).items()}
+                draw = functools.partial(charts.timeline_chart, pictures=pictures)
+                self.drawer.submit(draw_atomically, draw, target, rows, source)
+        if self.paths.subtitles is not None:
+            vtt = self.paths.subtitles / subtitles.subtitle_filename(source)
+            if not (only_missing and vtt.exists()):
+                self.drawer.submit(subtitles.write_webvtt, rows, vtt)
 
     def finish(self, plan: Plan, processed: int) -> Outcome:
-        """Re-assemble `--out`, the summary and the charts from the state store, then tidy the state folder."""
+        """Re-assemble `--out`, the summary, the tables, charts and report from the state store; tidy up.
+
+        Each output is rewritten only when what it is made of changed (or it is missing): a rerun with nothing
+        new rewrites nothing."""
         records = self.state.records()
         summaries: list[Mapping[str, Any]] = []
         shards: list[str] = []
@@ -328,21 +426,125 @@ class IncrementalRun:
             assemble(self.paths.out, self.shards, shards)
             write_table(self.paths.summary, table, summary_frame([]))
             self.state.set_meta("assembled", {"digest": digest, **self._stamp()})
-        if self.paths.charts is not None:
-            self._heal_timelines(table, records)
-            draw_atomically(charts.overview_chart, self.paths.charts / "overview.png", table)
+        self._heal(table, records)
+        self.drawer.wait()
+        self._derived(digest, table, records)
+        self.drawer.close()
         self._tidy(records)
         return Outcome(table, rows, processed, plan.kept, rewritten=rewritten)
 
-    def _stamp(self) -> dict[str, Any]:
-        def stat(path: Path) -> list[int] | None:
-            try:
-                info = path.stat()
-            except OSError:
-                return None
-            return [info.st_size, info.st_mtime_ns]
+    def _heal(self, table: pd.DataFrame, records: dict[str, FileRecord]) -> None:
+        """Draw the timelines and subtitles missing from their folders (deleted, new folder, killed run)."""
+        if self.paths.charts is None and self.paths.subtitles is None:
+            return
+        ok_video = (table["status"] == "ok") & (table["media_type"] == "video")
+        for source in table[ok_video.fillna(False) & (table["faces"].fillna(0) > 0)]["source"]:
+            rec = records.get(source)
+            if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
+                continue
+            chart = self.paths.charts / charts.chart_filename(source) if self.paths.charts else None
+            vtt = self.paths.subtitles / subtitles.subtitle_filename(source) if self.paths.subtitles else None
+            if any(p is not None and not p.exists() for p in (chart, vtt)):
+                self._draw(source, "video", self.shards.read(rec.shard), rec.shard, only_missing=True)
 
-        return {"out": stat(self.paths.out), "summary": stat(self.paths.summary)}
+    def _derived(self, digest: str, table: pd.DataFrame, records: dict[str, FileRecord]) -> None:
+        """The overview, the timeline and track tables and the report: rebuilt only when their inputs changed."""
+        paths = self.paths
+        pictures: dict[str, dict[tuple[object, int], Path]] = {}
+        for source in table["source"]:
+            rec = records.get(source)
+            if rec is not None and rec.shard and rec.status == "ok":
+                pictures[source] = self._pictures(rec.shard, source)
+        timelines = {}
+        if paths.charts is not None:
+            for source, media in zip(table["source"], table["media_type"]):
+                chart = paths.charts / charts.chart_filename(source)
+                if isinstance(media, str) and media == "video" and chart.is_file():
+                    timelines[source] = chart
+        key = json.dumps(
+            [digest, paths.bin_s, str(paths.report), str(paths.subtitles), str(paths.charts)], default=str
+        )
+        inputs = [*timelines.values(), *(p for per in pictures.values() for p in per.values())]
+        overviews = sorted(paths.charts.glob("overview*.png")) if paths.charts is not None else []
+        outputs = [paths.timeline, paths.tracks, *overviews, *([paths.report] if paths.report else [])]
+        previous = self.state.get_meta("derived") or {}
+        if previous.get("key") == key and previous.get("stamps") == _stamps([*inputs, *outputs]):
+            return
+        if paths.charts is not None:
+            for stale in overviews:
+                stale.unlink(missing_ok=True)
+            if len(table):
+                for page, start in enumerate(range(0, len(table), charts.FILES_PER_OVERVIEW), start=1):
+                    part = table.iloc[start : start + charts.FILES_PER_OVERVIEW]
+                    target = paths.charts / charts.overview_filename(page)
+                    draw_atomically(functools.partial(charts.overview_chart, page=page), target, part)
+            overviews = sorted(paths.charts.glob("overview*.png"))
+        timeline, tracks = self._tables(table, records)
+        write_table(paths.timeline, timeline, timeline.iloc[:0])
+        write_table(paths.tracks, tracks, tracks.iloc[:0])
+        if paths.report is not None:
+            overview = paths.charts / "overview.png" if paths.charts is not None else None
+            html = render_report(
+                summary=table,
+                metadata=self._metadata(),
+                tracks=tracks,
+                timeline=timeline,
+                overview_chart=overview if overview is not None and overview.is_file() else None,
+                timeline_charts=timelines,
+                thumbnails=pictures,
+                subtitles={
+                    s: paths.subtitles / subtitles.subtitle_filename(s)
+                    for s in timelines
+                    if paths.subtitles is not None
+                    and (paths.subtitles / subtitles.subtitle_filename(s)).is_file()
+                },
+            )
+            with atomic_path(paths.report) as pending:
+                pending.path.write_text(html, encoding="utf-8")
+        outputs = [paths.timeline, paths.tracks, *overviews, *([paths.report] if paths.report else [])]
+        self.state.set_meta("derived", {"key": key, "stamps": _stamps([*inputs, *outputs])})
+
+    def _tables(
+        self, table: pd.DataFrame, records: dict[str, FileRecord]
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The timeline (bins of `bin_s`) and track tables of every file, in source order, from the shards."""
+        durations = {str(s): d for s, d in zip(table["source"], table["duration_s"])}
+        timelines, tracks = [], []
+        for source in table["source"]:
+            rec = records.get(source)
+            if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
+                continue
+            file_rows = self.shards.read(rec.shard)
+            timelines.append(tables.timeline_table(file_rows, self.paths.bin_s, durations))
+            tracks.append(tables.track_table(file_rows))
+        return (
+            tables.concat(timelines, tables.TIMELINE_COLUMNS),
+            tables.concat(tracks, tables.TRACK_COLUMNS),
+        )
+
+    def _metadata(self) -> dict[str, Any]:
+        import datetime
+        import importlib.metadata
+        import platform
+
+        try:
+            version = importlib.metadata.version("emotion-batch")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+            version = "unknown"
+        settings = self.job.settings
+        return {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "output": str(self.paths.out),
+            "files": len(self.job.sources),
+            "model": {"name": settings.model.name, "sha256": settings.model.sha256},
+            "detector": {"name": settings.detector.name, "sha256": settings.detector.sha256},
+            "settings": self.settings,
+            "timeline bin": f"{self.paths.bin_s:g} s",
+            "versions": {"emotion-batch": version, "python": platform.python_version()},
+        }
+
+    def _stamp(self) -> dict[str, Any]:
+        return {"out": _stat(self.paths.out), "summary": _stat(self.paths.summary)}
 
     def _up_to_date(self, digest: str) -> bool:
         """True when the outputs on disk are exactly what this state assembled last time (nothing to rewrite)."""
@@ -353,25 +555,8 @@ class IncrementalRun:
             and previous == {"digest": digest, **self._stamp()}
         )
 
-    def _heal_timelines(self, table: pd.DataFrame, records: dict[str, FileRecord]) -> None:
-        """Draw timelines missing from the charts folder (deleted, new folder, killed between steps)."""
-        if self.paths.charts is None:
-            return
-        ok_video = (table["status"] == "ok") & (table["media_type"] == "video")
-        wanted = table[ok_video.fillna(False) & (table["faces"].fillna(0) > 0)]
-        for source in wanted["source"]:
-            target = self.paths.charts / charts.chart_filename(source)
-            rec = records.get(source)
-            if (
-                not target.exists()
-                and rec is not None
-                and rec.shard
-                and self.shards.intact(rec.shard, rec.shard_size)
-            ):
-                draw_atomically(charts.timeline_chart, target, self.shards.read(rec.shard), source)
-
     def _tidy(self, records: dict[str, FileRecord]) -> None:
-        """Forget files that no longer exist anywhere; remove shards no record points to."""
+        """Forget files that no longer exist anywhere; remove shards (and their thumbnails) no record points to."""
         current = {s.source for s in self.job.sources}
         gone = [
             s for s, r in records.items() if s not in current and not os.path.lexists(os.fsdecode(r.path))
@@ -379,6 +564,25 @@ class IncrementalRun:
         self.state.forget(gone)
         keep = [r.shard for s, r in records.items() if r.shard and s not in gone]
         self.shards.prune(keep)
+        wanted = {Path(k).stem for k in keep}
+        for folder in self.paths.pictures.iterdir() if self.paths.pictures.is_dir() else []:
+            if folder.is_dir() and folder.name not in wanted:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+_PICTURE_NAME = re.compile(r"\.shot-(?P<shot>\d+)\.track-(?P<track>\d+)\.jpg")
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _stamps(paths: list[Path]) -> dict[str, list[int] | None]:
+    return {str(p): _stat(p) for p in paths}
 
 
 def draw_atomically(draw: Callable[..., Path | None], target: Path, data: Any, *args: Any) -> None:

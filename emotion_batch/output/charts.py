@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..schema import EMOTIONS
+from ..schema import EMOTIONS, dominant_emotion
 from ..vision.tracking import smooth
 
 if TYPE_CHECKING:  # pandas only for annotations: the module loads without it
@@ -29,15 +30,24 @@ EMOTION_COLOURS: dict[str, str] = {
     "sad": "#1f77b4",
     "surprise": "#2ca02c",
 }
-#: Tracks with fewer samples than this are usually detector blips: left out of timeline charts.
-MIN_TRACK_SAMPLES = 3
-MAX_TRACKS_PER_CHART = 6
+#: Panels (tracks) drawn per timeline chart, the tracks with the most samples; the others are named in a note.
+MAX_TRACKS_PER_CHART = 8
+#: Files per overview chart; more files continue in overview-2.png, overview-3.png, ...
+FILES_PER_OVERVIEW = 60
+DPI = 100
+#: PNG compression: level 1 is several times faster than the default 6, for files about 20% larger.
+_PNG = {"compress_level": 1}
 
 
 def chart_filename(source: str, suffix: str = ".timeline.png") -> str:
     """A flat, portable file name for a source path: folders joined with '__', odd characters replaced."""
     flat = source.replace("/", "__")
     return re.sub(r"[^\w.\-]+", "_", flat) + suffix
+
+
+def overview_filename(page: int) -> str:
+    """overview.png, then overview-2.png, ... for runs with more than FILES_PER_OVERVIEW files."""
+    return "overview.png" if page == 1 else f"overview-{page}.png"
 
 
 def smoothing_window(timestamps: np.ndarray) -> float:
@@ -57,78 +67,164 @@ def _break_gaps(t: np.ndarray, values: np.ndarray, max_gap: float) -> tuple[np.n
     return t, values
 
 
-def timeline_chart(rows: pd.DataFrame, title: str, path: str | os.PathLike[str]) -> Path | None:
-    """Smoothed emotion probabilities over time, one panel per track. None when no track is long enough."""
+def _picture(path: str | os.PathLike[str] | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    import cv2
+
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    return None if image is None else image[:, :, ::-1]
+
+
+def timeline_chart(
+    rows: pd.DataFrame,
+    title: str,
+    path: str | os.PathLike[str],
+    pictures: Mapping[int, str | os.PathLike[str]] | None = None,
+) -> Path | None:
+    """Smoothed emotion probabilities over time, one panel per track with its face beside it; None without faces.
+
+    The MAX_TRACKS_PER_CHART tracks with the most samples get a panel, in order of appearance; any others are
+    named in a note at the bottom (every track is in the report and the tracks CSV). A panel's title gives the
+    track's real sample count and time range and its dominant emotion (`schema.dominant_emotion`).
+    """
     from matplotlib.figure import Figure
 
-    faces = rows[rows["n_faces"] > 0]
-    counts = faces["track_id"].value_counts()
-    keep = counts[counts >= min(MIN_TRACK_SAMPLES, int(counts.max()) if len(counts) else 0)]
-    tracks = sorted(keep.sort_values(ascending=False).index[:MAX_TRACKS_PER_CHART].tolist())
-    if not tracks:
+    faces = rows[(rows["n_faces"] > 0) & rows["track_id"].notna()]
+    if faces.empty:
         return None
+    counts = faces.groupby("track_id")["timestamp_s"].agg(["size", "min"])
+    ranked = counts.sort_values(["size", "min"], ascending=[False, True])
+    shown = ranked.head(MAX_TRACKS_PER_CHART).sort_values("min")
+    hidden = ranked.index[MAX_TRACKS_PER_CHART:]
+    tracks = [int(t) for t in shown.index]
     duration = float(rows["timestamp_s"].max()) if len(rows) else 0.0
     window = smoothing_window(faces["timestamp_s"].to_numpy())
+    pictures = pictures or {}
 
-    fig = Figure(figsize=(10, 1.2 + 2.1 * len(tracks)), dpi=110, layout="constrained")
+    panel_h, top, bottom = 1.7, 0.8, 0.55 + (0.3 if len(hidden) else 0.0)
+    left, right, width = 1.55, 1.25, 10.5
+    height = top + bottom + panel_h * len(tracks)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height, hspace=0.45
+    )
     axes = fig.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
     for ax, track in zip(axes, tracks):
         track_rows = faces[faces["track_id"] == track].sort_values("timestamp_s")
-        t = track_rows["timestamp_s"].to_numpy(dtype=float)
-        smoothed = smooth(t, track_rows[list(EMOTIONS)].to_numpy(dtype=float), window)
-        t, smoothed = _break_gaps(t, smoothed, window)
+        times = track_rows["timestamp_s"].to_numpy(dtype=float)
+        probs = track_rows[list(EMOTIONS)].to_numpy(dtype=float)
+        smoothed = smooth(times, probs, window)
+        t, smoothed = _break_gaps(times, smoothed, window)
         for k, emotion in enumerate(EMOTIONS):
-            ax.plot(t, smoothed[:, k], color=EMOTION_COLOURS[emotion], linewidth=1.8, label=emotion)
+            ax.plot(t, smoothed[:, k], color=EMOTION_COLOURS[emotion], linewidth=1.6, label=emotion)
         ax.set_ylim(0, 1)
-        ax.set_xlim(0, max(duration, float(t.max()) if len(t) else 0.0, 1e-3))
-        ax.set_ylabel("probability")
+        ax.set_xlim(0, max(duration, float(times.max()), 1e-3))
+        ax.set_ylabel("probability", fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(True, alpha=0.3)
+        dominant = dominant_emotion(probs.mean(axis=0).tolist())
         ax.set_title(
-            f"track {track}: {len(t)} samples, {t.min():.1f}-{t.max():.1f} s, "
-            f"mostly {track_rows['emotion'].mode().iloc[0]}",
-            fontsize=10,
+            f"track {track}: {len(times)} samples, {times.min():.1f}-{times.max():.1f} s, mostly {dominant}",
+            fontsize=9.5,
             loc="left",
         )
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(f"{title} - emotion over time (smoothed over {window:.1f} s)", fontsize=12)
+        face = _picture(pictures.get(track))
+        if face is not None:  # the person, left of the panel: who this track is
+            inset = ax.inset_axes((-0.135, 0.0, 0.1, 1.0))
+            inset.imshow(face, aspect="equal")
+            inset.set_axis_off()
+    axes[-1].set_xlabel("time (s)", fontsize=9)
+    fig.suptitle(
+        f"{title} - emotion over time (smoothed over {window:.1f} s)", fontsize=11, x=0.02, ha="left"
+    )
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    fig.legend(handles, labels, loc="upper right", bbox_to_anchor=(1.0, 1 - top / height), frameon=False)
+    if len(hidden):
+        names = ", ".join(str(int(t)) for t in sorted(hidden)[:30]) + (" ..." if len(hidden) > 30 else "")
+        fig.text(
+            0.02, 0.1 / height, f"{len(hidden)} more track(s) with fewer samples, not drawn: {names} "
+            "(see the report and the tracks CSV)", fontsize=8.5, color="#a11",
+        )  # fmt: skip
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, pil_kwargs=_PNG)
     return out
 
 
-def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], max_files: int = 40) -> Path | None:
-    """Stacked horizontal bars: the mean emotion mix of each file that had faces. None when none had."""
-    from matplotlib.figure import Figure
+def _status(row: Mapping[Any, Any]) -> str | None:
+    """Why a file has no bar: 'no face', 'error: <kind>' or 'skipped'; None when it has one."""
+    status = row.get("status")
+    if status == "error":
+        return f"error: {row.get('error_kind') or 'unknown'}"
+    if status != "ok":
+        return str(status or "not analysed")
+    faces = row.get("faces")
+    return None if faces == faces and faces and float(faces) > 0 else "no face"
 
-    with_faces = summary[(summary["status"] == "ok") & (summary["faces"].fillna(0) > 0)].head(max_files)
-    if with_faces.empty:
-        return None
-    mix = with_faces[[f"mean_{e}" for e in EMOTIONS]].to_numpy(dtype=float)
-    mix = mix / mix.sum(axis=1, keepdims=True)
-    labels = [
-        f"{src}  ({int(n)} face{'s' if n != 1 else ''})"
-        for src, n in zip(with_faces["source"], with_faces["faces"])
+
+def overview_charts(summary: pd.DataFrame, folder: str | os.PathLike[str]) -> list[Path]:
+    """Every file of the summary as one bar of its emotion mix, FILES_PER_OVERVIEW files per chart.
+
+    Files without a bar (no face, error, skipped) are listed with the reason in place of the bar. Returns the
+    charts written (overview.png first); empty when the summary is.
+    """
+    folder = Path(folder)
+    return [
+        overview_chart(
+            summary.iloc[start : start + FILES_PER_OVERVIEW], folder / overview_filename(page), page
+        )
+        for page, start in enumerate(range(0, len(summary), FILES_PER_OVERVIEW), start=1)
     ]
 
-    fig = Figure(figsize=(11, 1.4 + 0.42 * len(labels)), dpi=110, layout="constrained")
+
+def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: int = 1) -> Path:
+    """Stacked horizontal bars: the mean emotion mix of each file, and the reason where a file has none."""
+    from matplotlib.figure import Figure
+
+    records = summary.to_dict("records")
+    reasons = [_status(r) for r in records]
+    mix = summary[[f"mean_{e}" for e in EMOTIONS]].to_numpy(dtype=float)
+    mix = np.where(np.isnan(mix), 0.0, mix)
+    totals = mix.sum(axis=1, keepdims=True)
+    mix = np.divide(mix, totals, out=np.zeros_like(mix), where=totals > 0)
+    labels = []
+    for r, reason in zip(records, reasons):
+        n = r.get("faces")
+        faces = int(n) if reason is None and n == n and n is not None else 0
+        labels.append(
+            f"{r['source']}  ({faces} face{'s' if faces != 1 else ''})" if reason is None else r["source"]
+        )
+
+    width, top, bottom, row_h = 11.0, 0.6, 0.6, 0.34
+    height = top + bottom + row_h * max(1, len(labels))
+    longest = max((len(str(label)) for label in labels), default=10)
+    left = min(5.0, 0.4 + 0.065 * longest)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig.subplots_adjust(
+        left=left / width, right=1 - 1.2 / width, top=1 - top / height, bottom=bottom / height
+    )
     ax = fig.subplots()
     y = np.arange(len(labels))
-    left = np.zeros(len(labels))
+    start = np.zeros(len(labels))
     for k, emotion in enumerate(EMOTIONS):
-        ax.barh(y, mix[:, k], left=left, color=EMOTION_COLOURS[emotion], label=emotion, height=0.7)
-        for yi, (start, width) in enumerate(zip(left, mix[:, k])):
-            if width >= 0.08:
-                ax.text(start + width / 2, yi, f"{width:.0%}", ha="center", va="center", fontsize=8)
-        left += mix[:, k]
-    ax.set_yticks(y, labels, fontsize=9)
+        ax.barh(y, mix[:, k], left=start, color=EMOTION_COLOURS[emotion], label=emotion, height=0.7)
+        for yi, (x0, w) in enumerate(zip(start, mix[:, k])):
+            if w >= 0.08:
+                ax.text(x0 + w / 2, yi, f"{w:.0%}", ha="center", va="center", fontsize=8)
+        start += mix[:, k]
+    for yi, reason in enumerate(reasons):
+        if reason is not None:
+            colour = "#a11" if reason.startswith("error") else "#5b6672"
+            ax.text(0.01, yi, reason, ha="left", va="center", fontsize=8.5, color=colour, style="italic")
+    ax.set_yticks(y, labels, fontsize=8.5)
     ax.set_ylim(len(labels) - 0.5, -0.5)  # first file on top, no empty margin
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    ax.set_xlabel("share of mean emotion probability over all detected faces")
-    ax.set_title("Emotion mix per file", fontsize=12, loc="left")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", frameon=False)
+    ax.set_xlabel("share of mean emotion probability over all detected faces", fontsize=9)
+    more = f" (page {page})" if page > 1 else ""
+    ax.set_title(f"Emotion mix per file{more}", fontsize=12, loc="left")
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1.0, 1 - top / height),
+               frameon=False)  # fmt: skip
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, pil_kwargs=_PNG)
     return out

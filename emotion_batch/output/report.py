@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..schema import EMOTIONS
+from ..schema import EMOTIONS, dominant_emotion
 from .charts import EMOTION_COLOURS
-from .timeline import dominant_emotion
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..schema import EMOTIONS
+from ..schema import EMOTIONS, dominant_emotion
 from ..vision.tracking import smooth
 from .charts import smoothing_window
-from .timeline import dominant_emotion, face_rows, safe_filename, sampling_interval
+from .timeline import face_rows, safe_filename, sampling_interval
 
 if TYPE_CHECKING:
     import pandas as pd

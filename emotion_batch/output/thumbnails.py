@@ -17,16 +17,13 @@ import cv2
 import numpy as np
 
 from ..media.decoding import EPS, open_reader
+from ..vision.annotate import THUMBNAIL_SIZE as DEFAULT_SIZE
+from ..vision.annotate import encode_jpeg
+from ..vision.annotate import face_crop as crop
 from .timeline import face_rows, safe_filename
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: Thumbnail edge in pixels (square).
-DEFAULT_SIZE = 128
-#: Context kept around the face box, as a fraction of the box's larger side, on each side.
-MARGIN = 0.25
-JPEG_QUALITY = 88
 
 
 @dataclass(frozen=True)
@@ -75,29 +72,14 @@ def best_samples(rows: pd.DataFrame) -> list[Pick]:
     return picks
 
 
-def crop(image: np.ndarray, box: tuple[int, int, int, int], size: int = DEFAULT_SIZE) -> np.ndarray:
-    """A square crop around the box with some context, padded at the frame's edges, resized to size x size."""
-    x, y, w, h = box
-    side = max(w, h) * (1 + 2 * MARGIN)
-    cx, cy = x + w / 2, y + h / 2
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    x1, y1 = x0 + round(side), y0 + round(side)
-    height, width = image.shape[:2]
-    pad = max(0, -x0, -y0, x1 - width, y1 - height)
-    if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(40, 40, 40))
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    piece = image[y0:y1, x0:x1]
-    interpolation = cv2.INTER_AREA if piece.shape[0] > size else cv2.INTER_CUBIC
-    return cv2.resize(piece, (size, size), interpolation=interpolation)
-
-
 def _save(path: Path, image: np.ndarray) -> Path:
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:  # pragma: no cover - encoding a valid BGR array does not fail
-        raise OSError(f"cannot encode {path.name}")
+    return save_jpeg(path, encode_jpeg(image))
+
+
+def save_jpeg(path: Path, data: bytes) -> Path:
+    """Write JPEG bytes (e.g. a worker's `FileResult.thumbnails`) atomically."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data.tobytes())
+    partial.write_bytes(data)
     os.replace(partial, path)
     return path
 

@@ -12,7 +12,8 @@ an image is one track with one sample, in one bin.
 
 "Dominant emotion" has one definition everywhere (the summary's `dominant_emotion` uses the same rule, see
 `analysis.file_stats`): the emotion with the highest *mean* probability over the samples considered; ties go to
-the first in `EMOTIONS` order. `dominant_emotion()` is that rule; charts and the report reuse it.
+the first in `EMOTIONS` order. `schema.dominant_emotion()` is that rule (importable from here too); the
+summary, charts, subtitles and report all call it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..schema import EMOTIONS
+from ..defaults import DEFAULT_BIN_S
+from ..schema import EMOTIONS, dominant_emotion
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,35 +44,9 @@ TRACK_COLUMNS: tuple[str, ...] = (
     "source", "shot", "track_id", "first_seen_s", "last_seen_s", "samples", "sampling_interval_s",
     "seconds_in_view", *MEAN_COLUMNS, "dominant_emotion",
 )  # fmt: skip
-#: The default width of a timeline bin: one minute.
-DEFAULT_BIN_S = 60.0
 #: Output names stay below this many bytes (most file systems allow 255 per name).
 MAX_NAME_BYTES = 200
 _KEY = ["source", "shot", "track_id"]
-
-
-def dominant_emotion(means: Mapping[str, Any] | Sequence[float | None]) -> str | None:
-    """The emotion with the highest mean probability; the first in `EMOTIONS` order on a tie; None when unknown.
-
-    `means` is either a mapping keyed by emotion or by `mean_<emotion>` (a summary or table row), or a sequence
-    of 7 values in `EMOTIONS` order. NaN values (no faces) never win; all NaN gives None.
-    """
-    if isinstance(means, Mapping):
-        values = [means.get(e, means.get(f"mean_{e}")) for e in EMOTIONS]
-    else:
-        values = list(means)
-    if len(values) != len(EMOTIONS):
-        raise ValueError(f"expected {len(EMOTIONS)} values, got {len(values)}")
-    best: str | None = None
-    best_value = -math.inf
-    for emotion, value in zip(EMOTIONS, values):
-        try:
-            v = float(value)
-        except (TypeError, ValueError):  # None, pd.NA
-            continue
-        if not math.isnan(v) and v > best_value:
-            best, best_value = emotion, v
-    return best
 
 
 def face_rows(rows: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,12 @@ from ..files import write_atomically
 from ..schema import EMOTIONS
 from .detection import Detection
 
+#: Face thumbnails (`face_crop`): edge in pixels (square), context kept around the box as a fraction of its
+#: larger side on each side, JPEG quality.
+THUMBNAIL_SIZE = 128
+MARGIN = 0.25
+JPEG_QUALITY = 88
+
 
 def annotation_path(root: Path, source: str, media_type: str, frame_index: int) -> Path:
     """Where the annotated copy of one sampled frame goes."""
@@ -53,3 +59,29 @@ def save(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not write annotated image {path}")
     write_atomically(path, encoded.tobytes())
+
+
+def face_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """A square crop around the box with some context, padded at the frame's edges, resized to size x size."""
+    x, y, w, h = box
+    side = max(w, h) * (1 + 2 * MARGIN)
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    x1, y1 = x0 + round(side), y0 + round(side)
+    height, width = image.shape[:2]
+    # Cut first, then pad only the piece: a box at the edge of a 4K frame never copies the whole frame.
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    piece = image[cy0 : max(cy0, cy1), cx0 : max(cx0, cx1)]
+    pads = (cy0 - y0, y1 - max(cy0, cy1), cx0 - x0, x1 - max(cx0, cx1))
+    if any(pads):
+        piece = cv2.copyMakeBorder(piece, *pads, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+    interpolation = cv2.INTER_AREA if piece.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(piece, (size, size), interpolation=interpolation)
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    """A BGR image as JPEG bytes (`JPEG_QUALITY`)."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:  # pragma: no cover - encoding a valid BGR array does not fail
+        raise OSError("cannot encode a JPEG")
+    return bytes(data.tobytes())

@@ -28,6 +28,8 @@ def test_analyze_matches_the_cli(
     assert str(df["track_id"].dtype) == "Int64" and str(df["happy"].dtype) == "float64"
     summary = df.attrs["summary"]
     assert summary["status"].tolist() == ["ok", "ok", "error", "skipped", "ok"]
+    timeline = df.attrs["timeline"]
+    assert timeline["samples"].sum() == (df["n_faces"] > 0).sum() and "dominant_emotion" in timeline
 
     out = tmp_path / "r.csv"
     model_args = ["--model", str(model_kwargs["model"])] if model_kwargs else []

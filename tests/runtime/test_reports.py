@@ -77,7 +77,47 @@ def assert_real_png(path: Path, min_width: int, min_height: int) -> None:
 def test_timeline_chart(tmp_path: Path) -> None:
     path = timeline_chart(rows_for("clips/v.mp4", tracks=2, samples=40), "clips/v.mp4", tmp_path / "t.png")
     assert path == tmp_path / "t.png"
-    assert_real_png(path, 1000, 500)
+    assert_real_png(path, 1000, 450)
+
+
+def test_timeline_chart_titles_every_track_and_shows_faces(tmp_path: Path) -> None:
+    """A track with a gap reads its real range (not nan-nan); tracks beyond the panels are named in a note."""
+    import pandas as pd
+    from PIL import Image
+
+    from emotion_batch.output import charts
+
+    rows = rows_for("v.mp4", tracks=12, samples=40)
+    rows = rows[~((rows["track_id"] == 0) & rows["timestamp_s"].between(5, 12))]  # a gap in track 0
+    rows = rows[~((rows["track_id"] >= 8) & (rows["timestamp_s"] > 3))]  # four short tracks
+    face = tmp_path / "face.jpg"
+    cv2.imwrite(str(face), np.full((64, 64, 3), (0, 0, 255), np.uint8))
+    titles: list[str] = []
+    notes: list[str] = []
+    original = charts.Figure if hasattr(charts, "Figure") else None
+    assert original is None  # the figure is built inside timeline_chart: read its texts back from the PNG's figure
+    from matplotlib.figure import Figure
+
+    saved = Figure.savefig
+
+    def spy(fig, *args, **kwargs):  # noqa: ANN001
+        titles.extend(ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left"))
+        notes.extend(t.get_text() for t in fig.texts)
+        return saved(fig, *args, **kwargs)
+
+    Figure.savefig = spy  # type: ignore[method-assign]
+    try:
+        path = charts.timeline_chart(pd.DataFrame(rows), "v.mp4", tmp_path / "t.png", pictures={0: face})
+    finally:
+        Figure.savefig = saved  # type: ignore[method-assign]
+    assert path is not None and len(titles) == charts.MAX_TRACKS_PER_CHART
+    assert not any("nan" in t for t in titles)
+    track0 = next(t for t in titles if t.startswith("track 0:"))
+    kept = rows[rows["track_id"] == 0]
+    assert f"{len(kept)} samples, {kept['timestamp_s'].min():.1f}-{kept['timestamp_s'].max():.1f} s" in track0
+    assert any("4 more track(s)" in n and "8, 9, 10, 11" in n for n in notes)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert ((picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)).sum() > 500  # the face
 
 
 def test_timeline_chart_without_faces_draws_nothing(tmp_path: Path) -> None:
@@ -93,4 +133,17 @@ def test_overview_chart(tmp_path: Path) -> None:
     records.append({"source": "bad.mp4", "status": "error", "error": "cannot open as a video"})
     path = overview_chart(summary_frame(records), tmp_path / "overview.png")
     assert_real_png(path, 1000, 250)
-    assert overview_chart(summary_frame(records[3:]), tmp_path / "none.png") is None
+
+
+def test_overview_shows_every_file(tmp_path: Path) -> None:
+    """No file is dropped: files without faces and failed files are listed, more files go on more pages."""
+    from emotion_batch.output.charts import FILES_PER_OVERVIEW, overview_charts
+
+    stats = file_stats(list(rows_for("a.mp4", tracks=1, samples=10).itertuples(index=False, name="Row")))
+    records = [{"source": f"f{i:03d}.mp4", "status": "ok", **stats} for i in range(FILES_PER_OVERVIEW + 5)]
+    records.append({"source": "none.jpg", "status": "ok", "faces": 0})
+    records.append({"source": "bad.mp4", "status": "error", "error_kind": "truncated"})
+    pages = overview_charts(summary_frame(records), tmp_path)
+    assert [p.name for p in pages] == ["overview.png", "overview-2.png"]
+    assert_real_png(pages[1], 1000, 250)
+    assert overview_charts(summary_frame([]), tmp_path / "x") == []
