@@ -29,7 +29,14 @@ from .augment import AugmentConfig, augment_batch, batch_rng
 from .data import Dataset, class_weights
 from .distill import CACHE_NAME, blend_targets, cached_teacher_probabilities
 from .labels import read_votes, soft_targets
-from .model import ModelConfig, build_classifier, build_training_model, classifier_of, set_trainable
+from .model import (
+    ModelConfig,
+    WeightsUnavailable,
+    build_classifier,
+    build_training_model,
+    classifier_of,
+    set_trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +352,8 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
         try:
             classifier.set_weights(start.get_weights())
         except ValueError as exc:
-            raise ValueError(f"{config.init_from}: its architecture differs from this run's ({exc})") from None
+            raise WeightsUnavailable(f"--init-from {config.init_from}: its architecture differs from this run's "
+                                     f"backbone and sizes ({exc})") from None
         log.info("starting from the weights of %s", config.init_from)
     model = build_training_model(classifier)
     compiled_stage = 0

@@ -60,6 +60,18 @@ def run_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _dataset_cache_in_tmp(tmp_path_factory):
+    """Decoded-dataset caches go to a temporary folder, never into the user's ~/.cache."""
+    saved = os.environ.get("EMOTION_TRAIN_CACHE")
+    os.environ["EMOTION_TRAIN_CACHE"] = str(tmp_path_factory.mktemp("dataset-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("EMOTION_TRAIN_CACHE", None)
+    else:
+        os.environ["EMOTION_TRAIN_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def datasets(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("patterns")

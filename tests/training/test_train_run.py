@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import onnxruntime as ort
 
-from .conftest import CLASSES, SIZE
+from .conftest import CLASSES, SIZE, run_env, train_command
 
 EXPECTED_FILES = [
     "model.onnx", "model.json", "metrics.json", "history.csv", "history.json", "train.log", "config.json",
@@ -107,3 +108,22 @@ def test_export_and_evaluate_are_separate_steps(trained_run, datasets, tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 3 * 10  # img_000 .. img_009 in each class
     assert metrics["test"]["split"].endswith("[img_00*]")
+
+
+def test_init_from_fine_tunes_a_trained_run(trained_run, datasets, tmp_path):
+    """--init-from starts from another run's best checkpoint; a checkpoint of another shape is one clear error."""
+    env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
+    best = trained_run / "checkpoints" / "best.keras"
+    out = tmp_path / "fine-tuned"
+    result = subprocess.run(train_command(datasets["train"], out, "--epochs", "2", "--init-from", str(best)),
+                            check=False, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"starting from the weights of {best}" in (out / "train.log").read_text()
+    first_epoch = json.loads((out / "checkpoints" / "state.json").read_text())["history"][0]
+    assert first_epoch["val_accuracy"] > 0.5  # it starts where the trained run ended, not from scratch
+
+    other = train_command(datasets["train"], tmp_path / "other", "--epochs", "2", "--init-from", str(best))
+    other[other.index("--alpha") + 1] = "0.75"
+    result = subprocess.run(other, check=False, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "its architecture differs" in result.stderr
