@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..analysis import frame_rows
 from ..schema import EMOTIONS, Row
 from ..vision.classification import Classifier, ModelCard
 from ..vision.detection import Detection, DetectorSpec, create_detector
@@ -87,34 +88,6 @@ class Decoder(threading.Thread):
             self.buffer.close()
 
 
-def _box(face: Detection, width: int, height: int) -> tuple[int, int, int, int]:
-    # Same as analysis._box (private there): the face box clipped to the frame, in integer pixels.
-    x0, y0 = max(0, round(face.x)), max(0, round(face.y))
-    x1, y1 = min(width, round(face.x + face.w)), min(height, round(face.y + face.h))
-    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
-
-
-def frame_rows(
-    source: str,
-    index: int,
-    timestamp_s: float,
-    size: tuple[int, int],
-    faces: Sequence[Detection],
-    ids: Sequence[int],
-    probs: np.ndarray,
-) -> list[Row]:
-    """One sampled frame's rows, as batch mode writes them (analysis._analyse's `emit`, which is not importable)."""
-    height, width = size
-    if not faces:
-        return [Row.no_face(source, index, timestamp_s)]
-    rows = []
-    for i, (face, track, p) in enumerate(zip(faces, ids, probs)):
-        k = int(np.argmax(p))
-        head = (source, index, timestamp_s, len(faces), i, track, *_box(face, width, height), face.score)
-        rows.append(Row._make((*head, *p.tolist(), EMOTIONS[k], float(p[k]))))
-    return rows
-
-
 @dataclass
 class Sample:
     """One analysed frame: its rows, and what a view needs to draw it."""
@@ -144,7 +117,7 @@ class Analyser:
         self.shots.cuts_s.clear()  # a growing list of cut times; live mode has no use for it
         ids = self.tracker.update(faces, timestamp_s, image=image, shot=shot)
         probs = self.classifier.classify(image, faces) if faces else np.empty((0, len(EMOTIONS)))
-        rows = frame_rows(self.source_name, index, timestamp_s, image.shape[:2], faces, ids, probs)
+        rows = frame_rows(self.source_name, index, timestamp_s, shot, image.shape[:2], faces, ids, probs)
         return Sample(rows, arrived, image, faces, ids, probs)
 
 

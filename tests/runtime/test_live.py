@@ -48,7 +48,7 @@ SINGLE = ("media", "videos", "pyfeat_single_face.mp4")  # 640x360, 30 fps, 2.4 s
 def _row(track: int, emotion: str = "happy", t: float = 0.0) -> Row:
     probs = [0.0] * 7
     probs[3] = 0.9
-    return Row("s", 0, t, 1, 0, track, 1, 2, 3, 4, 0.9, *probs, emotion, 0.9)
+    return Row("s", 0, t, 0, 1, 0, track, 1, 2, 3, 4, 0.9, *probs, emotion, 0.9)
 
 
 # --- the pieces -------------------------------------------------------------------------------------------
@@ -81,12 +81,12 @@ def test_sink_rotates_with_a_header_per_file_and_whole_lines(tmp_path: Path) -> 
     sink = CsvSink(tmp_path / "live.csv", "hourly", clock=lambda: now[0])
     sink.write([_row(1), _row(2)])
     now[0] += 120  # 14:01: the next hour's file
-    sink.write([Row.no_face("s", 1, 1.0)])
+    sink.write([Row.no_face("s", 1, 1.0, 0)])
     sink.close()
     assert [p.name for p in sink.paths] == ["live_2024-05-01T13.csv", "live_2024-05-01T14.csv"]
     first, second = (p.read_text(encoding="utf-8").splitlines() for p in sink.paths)
     assert first[0] == second[0] == ",".join(ROW_COLUMNS)
-    assert len(first) == 3 and second[1].startswith("s,1,1.0,0,,,")
+    assert len(first) == 3 and second[1].startswith("s,1,1.0,0,0,,,")
     assert all(line.count(",") == len(ROW_COLUMNS) - 1 for line in first + second)
     again = CsvSink(sink.paths[1], None)  # appending to an existing file adds no second header
     again.write([_row(3)])
