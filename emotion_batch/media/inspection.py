@@ -36,9 +36,9 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 #: The package that decodes HEIF (and where Pillow has no AVIF of its own, AVIF) photos.
 HEIF_PACKAGE = "pillow-heif"
-#: Frames whose shorter side is below this many pixels, or whose sides are further apart than MAX_ASPECT to 1,
-#: are refused: no face fits in them, and the detector's downscaling cannot shrink them (a 1 px high strip).
-MIN_SIDE = 16
+#: Frames whose sides are further apart than this to 1 are refused: no face fits in such a strip, and the
+#: detector's downscaling cannot shrink one that is a pixel or two high (OpenCV asserts). Real panoramas stay under
+#: 10:1. Small but well-shaped pictures (icons, thumbnails) are analysed as usual (no face is found in them).
 MAX_ASPECT = 16
 _BMP_HEADER_SIZES = frozenset(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
 _ISO_TOP_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof"})
@@ -271,11 +271,11 @@ def full_resolution_pages(image: Any) -> list[int]:
 
 
 def degenerate_size(width: int, height: int) -> str | None:
-    """Why a frame of this size cannot be analysed (far too small or too elongated), or None."""
-    if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+    """Why a frame of this size cannot be analysed (a strip far more elongated than any picture), or None."""
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
         return (
-            f"degenerate frame size {width}x{height}: a picture to analyse needs both sides at least {MIN_SIDE} "
-            f"px and at most {MAX_ASPECT}:1 apart (no face fits in a strip)"
+            f"degenerate frame size {width}x{height}: its sides are more than {MAX_ASPECT}:1 apart, a strip "
+            "rather than a picture (no face fits in it)"
         )
     return None
 
