@@ -31,6 +31,7 @@ from .defaults import (
     DEFAULT_WORKING_WIDTH,
     DETECTOR_CHOICES,
 )
+from .options import option_factory
 
 log = logging.getLogger("emotion_batch")
 
@@ -41,7 +42,6 @@ EXIT_OUTPUT = 74
 EXIT_LOCKED = 75
 #: Stopped by Ctrl-C or SIGTERM (128 + SIGINT); run the same command again to continue.
 EXIT_INTERRUPTED = 130
-ENV_PREFIX = "EMOTION_BATCH_"
 
 
 class DefaultGroup(click.Group):
@@ -100,15 +100,7 @@ _HELP = {
 }
 
 
-def _option(*decls: str, **kwargs: Any) -> Any:
-    """A click option whose default can also come from EMOTION_BATCH_<LONG_NAME>, with its help from `_HELP`."""
-    long_name = next(d for d in decls if d.startswith("--")).split("/")[0][2:]
-    kwargs.setdefault("envvar", ENV_PREFIX + long_name.upper().replace("-", "_"))
-    kwargs.setdefault("show_envvar", True)
-    kwargs.setdefault("help", _HELP.get(long_name))
-    if "default" in kwargs:
-        kwargs.setdefault("show_default", True)
-    return click.option(*decls, **kwargs)
+_option = option_factory(_HELP)
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -427,3 +419,9 @@ def models_info(model: Path | None, detector_model: Path | None) -> None:
         click.echo(f"detector: unavailable: {exc}")
     click.echo(f"  YuNet cache location: {cached_yunet_path()}")
     click.echo(f"  Haar cascades: {'available' if haar_available() else 'not in this OpenCV'}")
+
+
+# `emotion-batch live SOURCE`: the same rows from a camera or stream (emotion_batch/live/).
+from .live.command import live_command  # noqa: E402  (after `main`, which it is added to)
+
+main.add_command(live_command)

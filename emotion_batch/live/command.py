@@ -20,16 +20,11 @@ from typing import Any
 
 import click
 
-from ..defaults import (
-    DEFAULT_MIN_FACE,
-    DEFAULT_SCORE_THRESHOLD,
-    DEFAULT_WORKING_WIDTH,
-    DETECTOR_CHOICES,
-)
+from .. import defaults
+from ..options import option_factory
 
 log = logging.getLogger("emotion_batch.live")
 
-ENV_PREFIX = "EMOTION_BATCH_"
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_OUTPUT = 0, 1, 74
 DEFAULT_LIVE_FPS = 5.0
 
@@ -56,15 +51,7 @@ _HELP = {
 }
 
 
-def _option(*decls: str, **kwargs: Any) -> Any:
-    """A click option whose default can also come from EMOTION_BATCH_<LONG_NAME> (as in emotion_batch.cli)."""
-    long_name = next(d for d in decls if d.startswith("--")).split("/")[0][2:]
-    kwargs.setdefault("envvar", ENV_PREFIX + long_name.upper().replace("-", "_"))
-    kwargs.setdefault("show_envvar", True)
-    kwargs.setdefault("help", _HELP.get(long_name))
-    if "default" in kwargs:
-        kwargs.setdefault("show_default", True)
-    return click.option(*decls, **kwargs)
+_option = option_factory(_HELP)
 
 
 class LocalTime(click.ParamType):
@@ -106,12 +93,12 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @_option("--give-up-after", type=_POSITIVE)
 @_option("--stats", type=click.Path(dir_okay=False, path_type=Path))
 @_option("--no-view", is_flag=True)
-@_option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto")
+@_option("--detector", type=click.Choice(defaults.DETECTOR_CHOICES), default="auto")
 @_option("--detector-model", type=click.Path(dir_okay=False, path_type=Path))
 @_option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@_option("--min-face", type=click.IntRange(min=1), default=DEFAULT_MIN_FACE)
-@_option("--working-width", type=click.IntRange(min=32), default=DEFAULT_WORKING_WIDTH)
-@_option("--score-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCORE_THRESHOLD)
+@_option("--min-face", type=click.IntRange(min=1), default=defaults.DEFAULT_MIN_FACE)
+@_option("--working-width", type=click.IntRange(min=32), default=defaults.DEFAULT_WORKING_WIDTH)
+@_option("--score-threshold", type=click.FloatRange(0, 1), default=defaults.DEFAULT_SCORE_THRESHOLD)
 @_option("--quiet", "-q", is_flag=True)
 @_option("--verbose", "-v", is_flag=True)
 def live_command(source: str, out: Path, **options: Any) -> None:
