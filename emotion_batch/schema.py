@@ -112,7 +112,8 @@ _SUMMARY_DTYPES = _dtypes(FileSummary)
 
 #: Values of the summary's `error_kind`, so failures can be counted and filtered without parsing messages.
 ERROR_KINDS: dict[str, str] = {
-    "unreadable": "the file cannot be read (permissions, broken symlink, symlink loop, not a regular file)",
+    "unreadable": "the file cannot be read (permissions, broken symlink, symlink loop, not a regular file), or a "
+    "folder cannot be listed (its row names the folder, media_type folder)",
     "empty": "the file is empty",
     "undecodable": "the content is not decodable as the image or video it claims to be",
     "truncated": "the file is incomplete (cut off, or still being written)",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emotion_batch.files import published_mode
+
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
@@ -104,6 +106,7 @@ def export_onnx(classifier, path: Path, check_images: np.ndarray, flip_tta: bool
         max_diff = float(np.max(np.abs(got - expected)))
         attempt = "without" if skip_transpose else "with"
         if max_diff <= PARITY_TOLERANCE:
+            os.chmod(tmp, published_mode())  # mkstemp makes 0600; a model is for every user to read
             os.replace(tmp, path)
             log.info("exported %s (%s transpose optimiser): max |onnx - keras| = %.2e on %d images",
                      path, attempt, max_diff, len(check_images))

@@ -3,7 +3,8 @@
 Detection runs on a downscaled copy (default 512 px wide) because its cost grows with pixels while faces worth
 classifying stay detectable; boxes are mapped back to full-resolution coordinates for cropping and output.
 Choosing and locating the detector (`resolve_detector`) happens once in the parent process, so a missing file
-is one clear error up front; workers only build the detector from the resolved, picklable `DetectorSpec`.
+is one clear error up front; workers only build the detector from the resolved, picklable `DetectorSpec`. Inside
+`download_if_missing()` (the main command's run) a missing YuNet is first downloaded into the user cache.
 
 YuNet is the network of `cv2.FaceDetectorYN`, run through onnxruntime with FaceDetectorYN's own pre- and
 post-processing (zero padding to a multiple of 32, raw BGR input, score = sqrt(cls * obj), NMS on integer
@@ -17,9 +18,11 @@ fallback for a YuNet file onnxruntime cannot run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ import onnxruntime as ort
 
 from ..defaults import DEFAULT_MIN_FACE, DEFAULT_SCORE_THRESHOLD, DEFAULT_WORKING_WIDTH, DETECTOR_CHOICES
 from ..files import file_digest
-from .fetch import cached_yunet_path
+from .fetch import FetchError, cached_yunet_path, detector_url, fetch_yunet, offline_hint, terminal_progress
 from .onnx import inference_session
 
 log = logging.getLogger(__name__)
@@ -104,8 +107,58 @@ def locate_yunet(explicit: str | os.PathLike[str] | None = None) -> Path | None:
 def _fetch_hint() -> str:
     return (
         "run `emotion-batch models fetch` to download YuNet into the cache "
-        f"({cached_yunet_path()}), or point --detector-model / ${DETECTOR_MODEL_ENV} at the ONNX file"
+        f"({cached_yunet_path()}) or, offline, `emotion-batch models fetch --from FILE`; or point "
+        f"--detector-model / ${DETECTOR_MODEL_ENV} at the ONNX file"
     )
+
+
+# Empty, except inside `download_if_missing()`: {"progress": whether to draw progress on the terminal}.
+_download: dict[str, bool] = {}
+
+
+@contextlib.contextmanager
+def download_if_missing(show_progress: bool = False) -> Iterator[None]:
+    """Within this block `resolve_detector` downloads YuNet into the user cache when it finds no file (and no
+    file was named): the main command's first run on a connected machine needs no `models fetch`.
+
+    `show_progress` redraws one progress line on stderr (a terminal); otherwise one log line says what is
+    downloaded from where. The library (`analyze()`) and `models info` never download.
+    """
+    saved = dict(_download)
+    _download.clear()
+    _download["progress"] = show_progress
+    try:
+        yield
+    finally:
+        _download.clear()
+        _download.update(saved)
+
+
+def _download_yunet(show_progress: bool) -> Path:
+    """Fetch YuNet into the cache (verified, atomic) or raise DetectorUnavailable with the one-line way out."""
+    url, target = detector_url(), cached_yunet_path()
+    drawn: list[int] = []
+    progress: Callable[[int], None] | None = None
+    if show_progress:
+        bar = terminal_progress()
+
+        def progress(nbytes: int) -> None:
+            drawn.append(nbytes)
+            bar(nbytes)
+    else:
+        log.info("no face detector installed: downloading YuNet (228 kB) from %s into %s", url, target)
+    try:
+        path = fetch_yunet(url=url, timeout=30.0, progress=progress)
+    except FetchError as exc:
+        reason = " ".join(str(exc).split())  # one line, whatever the underlying error printed
+        raise DetectorUnavailable(
+            f"cannot download the YuNet face detector ({reason}); {offline_hint(url)}"
+        ) from exc
+    finally:
+        if drawn:  # end the progress line
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+    return path
 
 
 def resolve_detector(
@@ -125,6 +178,14 @@ def resolve_detector(
 
     if choice in ("auto", "yunet"):
         path = locate_yunet(model_path)
+        if path is None and _download:
+            try:
+                path = _download_yunet(_download["progress"])
+            except DetectorUnavailable as exc:
+                if choice == "yunet" or not haar_available():
+                    raise
+                log.warning("%s; using the Haar cascade (less accurate)", exc)
+                return spec("haar", Path(cv2.data.haarcascades) / _HAAR_FILE)  # type: ignore[attr-defined]
         if path is not None:
             return spec("yunet", path)
         if choice == "yunet":
@@ -156,7 +217,7 @@ def _working_copy(image: np.ndarray, working_width: int) -> tuple[np.ndarray, fl
     INTER_AREA resize from 1920 to 512 px costs 7 ms.
     """
     small, back = image, 1.0
-    while small.shape[1] >= 2 * working_width:
+    while small.shape[1] >= 2 * working_width and small.shape[0] >= 2:  # a 1-px strip cannot be halved
         height, width = small.shape[:2]
         even = small[: height - height % 2, : width - width % 2]  # an odd last row or column is left out
         small = cv2.resize(even, (width // 2, height // 2), interpolation=cv2.INTER_AREA)

@@ -216,7 +216,10 @@ def test_full_disk_leaves_the_previous_results_intact(
     assert full.returncode == 74, full.stderr
     assert f"cannot write {out}: File too large; the previous r.csv is unchanged" in full.stderr
     assert (out.read_bytes(), out.with_name("r_summary.csv").read_bytes()) == before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["r.csv", "r.csv.state", "r_summary.csv"]
+    # Nothing half-written is left beside the outputs of the first run (no temporary files).
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "r.csv", "r.csv.state", "r_report.html", "r_summary.csv", "r_timeline.csv", "r_tracks.csv"
+    ]
 
     after = run(*args, env=cli_env)  # space is back: finish without analysing v3 again
     assert after.returncode == 0, after.stderr
