@@ -218,7 +218,9 @@ def analyze(
             name,
         )
 
-    with _exit_codes(), stop_on_signals(announce) as stop:
+    from .vision.detection import download_if_missing  # no detector installed: the first run downloads it
+
+    with _exit_codes(), stop_on_signals(announce) as stop, download_if_missing(interactive):
         outcome = run_incremental(
             lambda o: prepare(list(paths), Options(**options, isolate=True), ignore=o.ignored()),
             outputs,

@@ -138,25 +138,28 @@ def _download_yunet(show_progress: bool) -> Path:
     """Fetch YuNet into the cache (verified, atomic) or raise DetectorUnavailable with the one-line way out."""
     url, target = detector_url(), cached_yunet_path()
     drawn: list[int] = []
-    progress: Callable[[int], None] | None = None
-    if show_progress:
-        bar = terminal_progress()
+    bar = terminal_progress() if show_progress else None
 
-        def progress(nbytes: int) -> None:
-            drawn.append(nbytes)
+    def progress(nbytes: int) -> None:
+        drawn.append(nbytes)
+        if bar is not None:
             bar(nbytes)
-    else:
+
+    if bar is None:
         log.info("no face detector installed: downloading YuNet (228 kB) from %s into %s", url, target)
+    ended = "\n"
     try:
         path = fetch_yunet(url=url, timeout=30.0, progress=progress)
+        ended = ", sha256 verified\n"
     except FetchError as exc:
         reason = " ".join(str(exc).split())  # one line, whatever the underlying error printed
+        reason = reason.removeprefix(f"could not read {url}: ")  # the hint names the URL
         raise DetectorUnavailable(
-            f"cannot download the YuNet face detector ({reason}); {offline_hint(url)}"
+            f"cannot download the YuNet face detector: {reason}; {offline_hint(url)}"
         ) from exc
     finally:
-        if drawn:  # end the progress line
-            sys.stderr.write("\n")
+        if bar is not None and drawn:  # end the progress line
+            sys.stderr.write(ended)
             sys.stderr.flush()
     return path
 

@@ -2,16 +2,19 @@
 
 The file is verified against a pinned sha256 before it is used, and written atomically (temporary file in the
 same folder, then `os.replace`), so an interrupted or tampered download never leaves a file the detector would
-load. Offline users can install from a local copy (`--from PATH`) or a mirror (`--url`).
+load. The main command calls it on its first run, when no detector is installed (see
+`detection.download_if_missing`); `$EMOTION_BATCH_DETECTOR_URL` replaces the official address (a mirror, an
+air-gapped site's server, a loopback server in tests). Offline users install from a local copy (`--from PATH`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import platformdirs
 
@@ -20,6 +23,10 @@ from ..files import atomic_path, file_digest, published_mode
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
+#: Size of the pinned file, for progress (the sha256 is what is checked).
+YUNET_BYTES = 232_589
+#: Overrides the download address (a mirror, a server on an air-gapped site, a loopback server in tests).
+DETECTOR_URL_ENV = "EMOTION_BATCH_DETECTOR_URL"
 #: Overrides the cache folder (useful for tests, containers and shared installs).
 CACHE_DIR_ENV = "EMOTION_BATCH_CACHE_DIR"
 # A hostile or broken server must not be able to fill the disk; YuNet is ~230 KB.
@@ -34,6 +41,34 @@ def cache_dir() -> Path:
     """The folder emotion-batch keeps downloaded files in."""
     override = os.environ.get(CACHE_DIR_ENV)
     return Path(override) if override else Path(platformdirs.user_cache_dir("emotion-batch"))
+
+
+def detector_url() -> str:
+    """Where YuNet is downloaded from: $EMOTION_BATCH_DETECTOR_URL, else the official opencv_zoo address."""
+    return os.environ.get(DETECTOR_URL_ENV, "").strip() or YUNET_URL
+
+
+def offline_hint(url: str | None = None) -> str:
+    """What to do without internet, in one line: the file to fetch elsewhere and the command to install it."""
+    return (
+        f"on a machine with internet download {url or detector_url()} (sha256 {YUNET_SHA256}), copy it here and "
+        "run `emotion-batch models fetch --from FILE`"
+    )
+
+
+def terminal_progress(stream: TextIO | None = None, total: int = YUNET_BYTES) -> Callable[[int], None]:
+    """A progress callback for `fetch_yunet` that redraws one line on a terminal (`\\r`, no new lines)."""
+    out = stream if stream is not None else sys.stderr
+    done = 0
+
+    def update(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        percent = min(100, done * 100 // max(1, total))
+        out.write(f"\rdownloading the YuNet face detector: {done // 1000} of {total // 1000} kB ({percent}%)")
+        out.flush()
+
+    return update
 
 
 def cached_yunet_path() -> Path:
@@ -81,7 +116,7 @@ def _make_readable(path: Path) -> None:
 
 def fetch_yunet(
     *,
-    url: str = YUNET_URL,
+    url: str | None = None,
     from_file: str | os.PathLike[str] | None = None,
     dest: str | os.PathLike[str] | None = None,
     expected_sha256: str = YUNET_SHA256,
@@ -91,10 +126,11 @@ def fetch_yunet(
 ) -> Path:
     """Install YuNet into `dest` (default: the user cache) and return its path.
 
-    Reads `from_file` when given, else downloads `url`. Does nothing when a verified copy is already there and
-    `force` is false.
+    Reads `from_file` when given, else downloads `url` (default: `detector_url()`). Does nothing when a verified
+    copy is already there and `force` is false.
     """
     target = Path(dest) if dest is not None else cached_yunet_path()
+    url = url or detector_url()
     if not force and target.is_file() and file_digest(target) == expected_sha256:
         _make_readable(target)
         return target
