@@ -1,10 +1,15 @@
-"""Charts off the critical path: one background thread in the parent draws them while the workers analyse.
+"""Outputs off the critical path: one background thread in the parent draws charts and builds each file's part of
+the timeline and track tables while the workers analyse.
 
 The parent mostly waits for results, so a chart drawn there as a file's result arrives costs the run little
 wall time, especially near the end, when the last files keep fewer workers than cores busy. matplotlib is
 imported in that thread as soon as the drawer starts, while the workers load their models. One thread only:
 matplotlib's object API is safe when a single thread draws. `wait()` returns once everything submitted is done;
 a failed job is logged, never raised (a chart problem never fails a run).
+
+`TableParts` keeps each file's part of `<out stem>_timeline.csv` and `<out stem>_tracks.csv`, built from its rows
+as its result arrives, in memory and beside its thumbnails in the state folder, so the end of a run
+concatenates small tables instead of re-reading every shard (a rerun reads the parts of kept files back).
 """
 
 from __future__ import annotations
@@ -12,7 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..files import write_atomically
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("emotion_batch")
 
@@ -57,3 +68,60 @@ class Drawer:
         self.wait()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+class TableParts:
+    """One file's timeline and track tables, keyed by its folder in the state store (`OutputPaths.pictures/<shard
+    stem>`, removed with its shard): in memory for files analysed now, as CSV files in that folder otherwise."""
+
+    def __init__(self, bin_s: float) -> None:
+        self.bin_s = float(bin_s)
+        self._parts: dict[Path, tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+    def _files(self, folder: Path) -> tuple[Path, Path]:
+        return folder / f"timeline-v1-{self.bin_s:g}s.csv", folder / "tracks-v1.csv"
+
+    def build(
+        self, folder: Path, rows: pd.DataFrame, duration: float | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Build and keep one file's parts (`rows`: all of its rows; `duration`: its summary's `duration_s`)."""
+        from ..output import timeline as tables
+        from ..output.sinks import csv_text
+
+        sources = rows["source"].dropna().unique()
+        durations = {str(s): duration for s in sources} if duration is not None else None
+        parts = (tables.timeline_table(rows, self.bin_s, durations), tables.track_table(rows))
+        self._parts[folder] = parts  # one assignment: safe to read from another thread once `build` returned
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for part, path in zip(parts, self._files(folder)):
+                write_atomically(path, csv_text(part).encode("utf-8"))
+        except OSError as exc:  # only a cache: the parts are built again from the shard next time
+            log.debug("could not keep the table parts in %s: %s", folder, exc)
+        return parts
+
+    def get(
+        self, folder: Path, rows: Callable[[], pd.DataFrame], duration: float | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """One file's parts: from memory, else from its folder, else built from `rows()` (its shard)."""
+        found = self._parts.get(folder)
+        if found is not None:
+            return found
+        from ..output import timeline as tables
+
+        timeline_file, tracks_file = self._files(folder)
+        if timeline_file.is_file() and tracks_file.is_file():
+            try:
+                found = (
+                    tables.read_table(timeline_file, tables.TIMELINE_COLUMNS),
+                    tables.read_table(tracks_file, tables.TRACK_COLUMNS),
+                )
+            except (OSError, ValueError) as exc:
+                log.debug("table parts in %s unreadable (%s): built again", folder, exc)
+            else:
+                self._parts[folder] = found
+                return found
+        return self.build(folder, rows(), duration)
+
+    def forget(self) -> None:
+        self._parts.clear()

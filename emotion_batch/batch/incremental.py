@@ -11,6 +11,7 @@ every run, so a fixed permission or a finished copy is picked up without --force
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -27,25 +28,61 @@ from typing import Any
 
 import pandas as pd
 
-from ..analysis import FileResult, describe_settings, skipped_result
+from ..analysis import FileResult, describe_settings, error_result, skipped_result
 from ..files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
 from ..media.sources import Source
 from ..output import charts, subtitles, thumbnails
 from ..output import timeline as tables
 from ..output.report import render_report, report_path
-from ..output.sinks import OutputError, write_table
+from ..output.sinks import PARQUET_SUFFIXES, OutputError, write_table
 from ..output.timeline import DEFAULT_BIN_S, table_paths
 from ..schema import summary_frame
-from .drawing import Drawer
+from .drawing import Drawer, TableParts
 from .job import Job
 from .shards import ShardStore, assemble, shard_name
-from .state import FileRecord, StateStore, explain_change, fingerprint_of
+from .state import FileRecord, StateError, StateStore, explain_change, fingerprint_of
 
 log = logging.getLogger("emotion_batch")
 
 STATE_SUFFIX = ".state"
 #: Charts are drawn into a temporary file with this suffix (matplotlib picks the format by extension).
 CHART_TEMP_SUFFIX = ".tmp.png"
+#: The table formats --out and --summary may have, by extension.
+TABLE_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
+#: The errors of a stat() that say a file is really gone; any other (EACCES, EIO, ESTALE...) may be transient.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def chart_name(source: str) -> str:
+    """The timeline chart of a video in the charts folder: a flat name, short enough and unique per source."""
+    return tables.safe_filename(source, ".timeline.png")
+
+
+def check_table_format(path: Path, what: str) -> None:
+    """Refuse, before any work, a table path whose extension is no supported format, or Parquet without pyarrow."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise OutputError(
+            f"{what} {path} has {'the extension ' + path.suffix if path.suffix else 'no extension'}, which is no "
+            "table format emotion-batch writes; the supported extensions are .csv and .parquet"
+        )
+    if suffix in PARQUET_SUFFIXES:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise OutputError(
+                f"{what} {path} is Parquet, which needs pyarrow, and pyarrow cannot be imported ({exc}); install "
+                "the parquet extra (pip install 'emotion-batch[parquet]') or write .csv"
+            ) from None
+
+
+def gone(path: str | os.PathLike[str] | bytes) -> bool:
+    """True only when `path` really does not exist (ENOENT, ENOTDIR), not when it cannot be looked at now."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return exc.errno in GONE_ERRNOS
+    return False
 
 
 @dataclass(frozen=True)
@@ -117,7 +154,9 @@ class OutputPaths:
         return [self.out, self.summary, self.state_dir, self.timeline, self.tracks, *extra]
 
     def check_writable(self) -> None:
-        """Fail before any work when an output folder is missing or not writable."""
+        """Fail before any work when an output folder is missing or not writable, or a format unsupported."""
+        check_table_format(self.out, "the results file")
+        check_table_format(self.summary, "the summary file")
         for target in (self.out, self.summary):
             if target.is_dir():
                 raise OutputError(f"output path is a folder, not a file: {target}")
@@ -240,6 +279,8 @@ class IncrementalRun:
         self.settings = describe_settings(job.settings)
         self.fingerprint = fingerprint_of(self.settings)
         self.drawer = Drawer(enabled=paths.charts is not None or paths.subtitles is not None)
+        self.table_parts = TableParts(paths.bin_s)
+        self._queued: set[str] = set()  # sources whose chart and subtitles this run has queued already
 
     # 1. settings ----------------------------------------------------------------------------------------------
     def check_settings(self, force: bool) -> None:
@@ -330,6 +371,9 @@ class IncrementalRun:
             shard = shard_name(source.source, sha, self.fingerprint)
             shard_size = self.shards.write(shard, rows)
             self._keep_pictures(shard, source.source, result.thumbnails)
+            self.drawer.submit(
+                self.table_parts.build, self._picture_dir(shard), rows, _duration(result.summary)
+            )
             self._draw(source.source, result.summary.get("media_type"), rows, shard)
         self.state.record(
             FileRecord(
@@ -384,8 +428,9 @@ class IncrementalRun:
         self, source: str, media_type: object, rows: pd.DataFrame, shard: str, only_missing: bool = False
     ) -> None:
         """Queue the timeline chart and subtitles of one video (those missing only, when healing)."""
-        if media_type != "video":
+        if media_type != "video" or (only_missing and source in self._queued):
             return
+        self._queued.add(source)
         if self.paths.charts is not None:
             target = self.paths.charts / charts.chart_filename(source)
             if not (only_missing and target.exists()):
@@ -508,15 +553,21 @@ class IncrementalRun:
         self, table: pd.DataFrame, records: dict[str, FileRecord]
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The timeline (bins of `bin_s`) and track tables of every file, in source order, from the shards."""
-        durations = {str(s): d for s, d in zip(table["source"], table["duration_s"])}
+        durations = {
+            str(s): _duration({"duration_s": d}) for s, d in zip(table["source"], table["duration_s"])
+        }
         timelines, tracks = [], []
         for source in table["source"]:
             rec = records.get(source)
             if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
                 continue
-            file_rows = self.shards.read(rec.shard)
-            timelines.append(tables.timeline_table(file_rows, self.paths.bin_s, durations))
-            tracks.append(tables.track_table(file_rows))
+            read = functools.partial(self.shards.read, rec.shard)
+            # built as the result arrived, or kept in the state folder by an earlier run
+            timeline, track = self.table_parts.get(
+                self._picture_dir(rec.shard), read, durations.get(str(source))
+            )
+            timelines.append(timeline)
+            tracks.append(track)
         return (
             tables.concat(timelines, tables.TIMELINE_COLUMNS),
             tables.concat(tracks, tables.TRACK_COLUMNS),
@@ -571,6 +622,15 @@ class IncrementalRun:
 
 
 _PICTURE_NAME = re.compile(r"\.shot-(?P<shot>\d+)\.track-(?P<track>\d+)\.jpg")
+
+
+def _duration(summary: Mapping[str, Any]) -> float | None:
+    value = summary.get("duration_s")
+    try:
+        duration = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if duration != duration else duration
 
 
 def _stat(path: Path) -> list[int] | None:

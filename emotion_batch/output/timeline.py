@@ -163,6 +163,20 @@ def track_table(rows: pd.DataFrame, interval_s: Mapping[str, float] | float | No
     return _frame(records, TRACK_COLUMNS)
 
 
+def read_table(path: str | os.PathLike[str], columns: Sequence[str]) -> pd.DataFrame:
+    """A timeline or track table written as CSV by this module (`csv_text`) back with its dtypes, floats exact."""
+    import pandas as pd
+
+    frame = pd.read_csv(
+        path,
+        dtype={"source": "string", "dominant_emotion": "string"},
+        keep_default_na=False,
+        na_values=[""],
+        float_precision="round_trip",
+    )
+    return _frame(frame.to_dict("records"), columns)
+
+
 def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a table as CSV (or Parquet for a .parquet path) atomically: a reader never sees half a file."""
     out = Path(path)
