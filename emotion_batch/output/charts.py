@@ -68,12 +68,26 @@ def _break_gaps(t: np.ndarray, values: np.ndarray, max_gap: float) -> tuple[np.n
 
 
 def _picture(path: str | os.PathLike[str] | None) -> np.ndarray | None:
+    """A thumbnail as an RGB array (Pillow, which matplotlib loads anyway); None when missing or unreadable."""
     if path is None:
         return None
-    import cv2
+    from PIL import Image, UnidentifiedImageError
 
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    return None if image is None else image[:, :, ::-1]
+    try:
+        with Image.open(os.fspath(path)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+def _face_box(
+    image: np.ndarray, box: tuple[float, float, float, float], box_in: tuple[float, float]
+) -> tuple[float, float, float, float]:
+    """Where `image` goes, aspect kept and centred, in a box (x, y, w, h) of axes fractions `box_in` inches big."""
+    x, y, w, h = box
+    scale = min(box_in[0] / image.shape[1], box_in[1] / image.shape[0])
+    fw, fh = image.shape[1] * scale / box_in[0] * w, image.shape[0] * scale / box_in[1] * h
+    return x + (w - fw) / 2, y + (h - fh) / 2, fw, fh
 
 
 def timeline_chart(
@@ -89,6 +103,8 @@ def timeline_chart(
     track's real sample count and time range and its dominant emotion (`schema.dominant_emotion`).
     """
     from matplotlib.figure import Figure
+    from matplotlib.image import BboxImage
+    from matplotlib.transforms import Bbox, TransformedBbox
 
     faces = rows[(rows["n_faces"] > 0) & rows["track_id"].notna()]
     if faces.empty:
@@ -110,6 +126,10 @@ def timeline_chart(
         left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height, hspace=0.45
     )
     axes = fig.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
+    # Artists are what a chart costs to draw: the faces are images on the figure (not one inset axes each),
+    # titles are placed at a fixed height (no search for overlapping tick labels), three y ticks per panel.
+    panel_in = panel_h * len(tracks) / (len(tracks) + 0.45 * (len(tracks) - 1))
+    face_in = (0.1 * (width - left - right), panel_in)
     for ax, track in zip(axes, tracks):
         track_rows = faces[faces["track_id"] == track].sort_values("timestamp_s")
         times = track_rows["timestamp_s"].to_numpy(dtype=float)
@@ -119,6 +139,7 @@ def timeline_chart(
         for k, emotion in enumerate(EMOTIONS):
             ax.plot(t, smoothed[:, k], color=EMOTION_COLOURS[emotion], linewidth=1.6, label=emotion)
         ax.set_ylim(0, 1)
+        ax.set_yticks((0.0, 0.5, 1.0))
         ax.set_xlim(0, max(duration, float(times.max()), 1e-3))
         ax.set_ylabel("probability", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -128,12 +149,15 @@ def timeline_chart(
             f"track {track}: {len(times)} samples, {times.min():.1f}-{times.max():.1f} s, mostly {dominant}",
             fontsize=9.5,
             loc="left",
+            y=1.0,
         )
         face = _picture(pictures.get(track))
         if face is not None:  # the person, left of the panel: who this track is
-            inset = ax.inset_axes((-0.135, 0.0, 0.1, 1.0))
-            inset.imshow(face, aspect="equal")
-            inset.set_axis_off()
+            where = Bbox.from_bounds(*_face_box(face, (-0.135, 0.0, 0.1, 1.0), face_in))
+            picture = BboxImage(TransformedBbox(where, ax.transAxes), interpolation="antialiased")
+            picture.set_data(face)
+            picture.set_zorder(3)  # over the panel's y label, as the inset axes were
+            fig.add_artist(picture)
     axes[-1].set_xlabel("time (s)", fontsize=9)
     fig.suptitle(
         f"{title} - emotion over time (smoothed over {window:.1f} s)", fontsize=11, x=0.02, ha="left"
@@ -179,6 +203,7 @@ def overview_charts(summary: pd.DataFrame, folder: str | os.PathLike[str]) -> li
 
 def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: int = 1) -> Path:
     """Stacked horizontal bars: the mean emotion mix of each file, and the reason where a file has none."""
+    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
     records = summary.to_dict("records")
@@ -206,8 +231,15 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     ax = fig.subplots()
     y = np.arange(len(labels))
     start = np.zeros(len(labels))
-    for k, emotion in enumerate(EMOTIONS):
-        ax.barh(y, mix[:, k], left=start, color=EMOTION_COLOURS[emotion], label=emotion, height=0.7)
+    for k, emotion in enumerate(EMOTIONS):  # one collection of bars per emotion: 7 artists, not one per bar
+        verts = [
+            ((x0, yi - 0.35), (x0 + w, yi - 0.35), (x0 + w, yi + 0.35), (x0, yi + 0.35))
+            for yi, (x0, w) in enumerate(zip(start, mix[:, k]))
+            if w > 0
+        ]
+        ax.add_collection(
+            PolyCollection(verts, facecolors=EMOTION_COLOURS[emotion], edgecolors="none", label=emotion)
+        )
         for yi, (x0, w) in enumerate(zip(start, mix[:, k])):
             if w >= 0.08:
                 ax.text(x0 + w / 2, yi, f"{w:.0%}", ha="center", va="center", fontsize=8)
@@ -222,7 +254,7 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_xlabel("share of mean emotion probability over all detected faces", fontsize=9)
     more = f" (page {page})" if page > 1 else ""
-    ax.set_title(f"Emotion mix per file{more}", fontsize=12, loc="left")
+    ax.set_title(f"Emotion mix per file{more}", fontsize=12, loc="left", y=1.0)
     fig.legend(*ax.get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1.0, 1 - top / height),
                frameon=False)  # fmt: skip
     out = Path(path)
