@@ -11,6 +11,10 @@ This script times, over the same files and with the same number of processes:
    result, so forking the workers and loading the model and detector are included as a user's run pays them
    (the fork server they fork from starts while the package imports, as in the command);
 
+3. the whole command as users run it (`emotion-batch FOLDER --out ...`: charts, thumbnails, tables and report on),
+   each run into a fresh output folder, alternating with the same command with `--no-charts --no-report`, so
+   the cost of what people read is the overhead of the one over the other (median of the paired ratios);
+
 and reports video-seconds per wall-second (real-time factor), sampled frames/s, faces/s, the ratio of the two
 wall times (the median over repeats of each back-to-back pair), CPU seconds, and peak RSS of the whole process
 tree (run, fork server and workers, sampled every 50 ms; needs psutil).
@@ -23,6 +27,7 @@ Usage:
     python benchmarks/throughput.py DIR --fps 5 --workers 1
     python benchmarks/throughput.py --every 1 --size 640x360   # every-frame mode on the 640x360 videos
     python benchmarks/throughput.py --repeat 3          # median of 3 timings of each
+    python benchmarks/throughput.py /work/shared/media --repeat 3 --command-only   # the outputs' overhead only
 """
 
 from __future__ import annotations
@@ -187,6 +192,51 @@ def time_pipeline(folder: Path, options, names: set[str]) -> tuple[float, float,
     return wall, own_cpu + sampler.cpu_s(), results, sampler.peak_rss, sampler.peak_process_rss
 
 
+# --- the whole command ------------------------------------------------------------------------------------------
+def time_command(folder: Path, args: argparse.Namespace, outputs: bool, scratch: Path) -> float:
+    """Wall seconds of one `emotion-batch FOLDER --out <fresh folder>/results.csv` (with charts and report, or
+    with `--no-charts --no-report`), from the command's start to its exit, interpreter start included."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=scratch) as out:
+        command = [sys.executable, "-m", "emotion_batch", str(folder), "--out", f"{out}/results.csv"]
+        command += ["--workers", str(args.workers)]
+        command += ["--fps", f"{args.fps:g}"] if args.fps else ["--every", str(args.every)]
+        if args.detector_model:
+            command += ["--detector-model", str(args.detector_model)]
+        if args.model:
+            command += ["--model", str(args.model)]
+        if not outputs:
+            command += ["--no-charts", "--no-report"]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        wall = time.perf_counter() - started
+    if done.returncode not in (0, 1):  # 1: some file failed, as on a folder with a broken file
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall
+
+
+def command_overhead(folder: Path, args: argparse.Namespace, pipeline_wall: float | None) -> None:
+    """Time the command with and without charts and report, alternating, and print the overhead."""
+    import tempfile
+
+    scratch = Path(tempfile.gettempdir())
+    full, bare = [], []
+    for i in range(args.repeat):  # alternate, and swap which goes first, so a drifting load hits both alike
+        for outputs in (True, False) if i % 2 == 0 else (False, True):
+            (full if outputs else bare).append(time_command(folder, args, outputs, scratch))
+    paired = sorted(f / b - 1 for f, b in zip(full, bare))
+    print(f"  command     : {statistics.median(full):6.2f} s wall with charts and report "
+          f"({min(full):.2f}-{max(full):.2f}), {statistics.median(bare):6.2f} s with --no-charts --no-report "
+          f"({min(bare):.2f}-{max(bare):.2f})")  # fmt: skip
+    if pipeline_wall:
+        print(f"                the pipeline alone (above): {pipeline_wall:.2f} s")
+    spread = f" (paired runs {paired[0]:+.0%} to {paired[-1]:+.0%})" if len(paired) > 1 else ""
+    print(f"  overhead    : charts and report add {statistics.median(paired):+.1%} wall, median of "
+          f"{len(paired)} pair(s){spread}")  # fmt: skip
+
+
 # --- recall -------------------------------------------------------------------------------------------------------
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
@@ -274,6 +324,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "OpenCV's default)",
     )
     parser.add_argument("--no-recall", action="store_true", help="skip the face-recall measurement")
+    parser.add_argument(
+        "--no-command", action="store_true", help="skip timing the whole command (charts and report overhead)"
+    )
+    parser.add_argument(
+        "--command-only",
+        action="store_true",
+        help="only time the whole command with and without charts and report (all files of FOLDER, any media)",
+    )
     parser.add_argument("--working-width", type=int, help="the pipeline's detection width (default: its own)")
     parser.add_argument("--model", type=Path, help="emotion model .onnx (default: bundled)")
     parser.add_argument(
@@ -311,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         **({"working_width": args.working_width} if args.working_width else {}),
         isolate=True,  # as the command runs: files analysed in worker processes, even with one worker
     )
+    if args.command_only:
+        print(f"{args.folder}: the command, {args.workers} worker(s), {args.repeat} pair(s)")
+        command_overhead(args.folder, args, None)
+        return 0
     job = api.prepare([args.folder], options)
     videos = [s for s in job.sources if s.media_type == "video"]
     if args.size:
@@ -378,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  recall      : {found} of the {total} faces cv2.FaceDetectorYN finds at 640 px ({share:.1%}); "
             f"{extra} reported faces not among them"
         )
+    if not args.no_command:
+        command_overhead(args.folder, args, pipeline_wall)
     if failed:
         print(f"  failed: {', '.join(failed)}", file=sys.stderr)
         return 1
