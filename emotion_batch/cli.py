@@ -3,8 +3,9 @@
 `emotion-batch PATH... --out results.csv` runs the default `analyze` command; `emotion-batch models fetch|info`
 manages the detector and shows the model. Every analyze option can also come from an environment variable
 (EMOTION_BATCH_<OPTION>), which suits cron. Exit codes: 0 all files ok, 1 some files failed (they are listed),
-2 usage or configuration error (nothing processed), 74 output not writable (e.g. disk full), 75 another run
-holds this output's lock, 130 interrupted.
+2 usage or configuration error (nothing processed), 66 no media file found in the inputs (nothing done),
+74 output not writable (e.g. disk full), 75 another run holds this output's lock, 130 interrupted (Ctrl-C or
+SIGTERM, at any moment from the start).
 """
 
 from __future__ import annotations
@@ -12,16 +13,64 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import click
 
-from . import __version__
-from .defaults import (
+class _EarlySignal:
+    """Ctrl-C or SIGTERM arriving while the command is still starting (imports, before the run's own handlers).
+
+    The first one is remembered and the run, once it starts, stops at once with the interrupted exit code; a
+    second one exits with that code straight away. Installed only when this module runs as the command (not
+    when a test or a program imports it), and put back to Python's defaults for the other subcommands."""
+
+    name: str | None = None
+    installed = False
+
+    @classmethod
+    def handler(cls, signum: int, _frame: object) -> None:
+        if cls.name is not None:
+            raise SystemExit(130)
+        cls.name = signal.Signals(signum).name
+
+    @classmethod
+    def install(cls) -> None:
+        argv0 = sys.argv[0] if sys.argv else ""
+        command = os.path.basename(argv0) == "emotion-batch" or (
+            os.path.basename(argv0) == "__main__.py"
+            and os.path.basename(os.path.dirname(argv0)) == "emotion_batch"
+        )
+        if command and not cls.installed:
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, cls.handler)
+            except ValueError:  # not the main thread
+                return
+            cls.installed = True
+
+    @classmethod
+    def uninstall(cls) -> None:
+        """Python's own behaviour again (another subcommand); a signal that already came is delivered now."""
+        if not cls.installed:
+            return
+        cls.installed = False
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if cls.name is not None:
+            signal.raise_signal(signal.Signals[cls.name])
+
+
+_EarlySignal.install()  # first thing: the imports below take a while
+from collections.abc import Iterator  # noqa: E402 (after the early signal handlers)
+from pathlib import Path  # noqa: E402 (after the early signal handlers)
+from typing import Any  # noqa: E402 (after the early signal handlers)
+
+import click  # noqa: E402 (after the early signal handlers)
+
+from . import __version__  # noqa: E402 (after the early signal handlers)
+from .defaults import (  # noqa: E402 (after the early signal handlers)
     DEFAULT_BIN_S,
     DEFAULT_FPS,
     DEFAULT_MAX_PIXELS,
@@ -31,7 +80,7 @@ from .defaults import (
     DEFAULT_WORKING_WIDTH,
     DETECTOR_CHOICES,
 )
-from .options import option_factory
+from .options import option_factory  # noqa: E402 (after the early signal handlers)
 
 log = logging.getLogger("emotion_batch")
 
@@ -42,6 +91,9 @@ EXIT_OUTPUT = 74
 EXIT_LOCKED = 75
 #: Stopped by Ctrl-C or SIGTERM (128 + SIGINT); run the same command again to continue.
 EXIT_INTERRUPTED = 130
+#: The inputs hold no media file at all (EX_NOINPUT): an empty folder, or a share that is not mounted. Nothing
+#: was done; the earlier results are unchanged.
+EXIT_NO_INPUT = 66
 
 
 class DefaultGroup(click.Group):
@@ -113,6 +165,8 @@ def main() -> None:
     emotion-batch models fetch                                   (install the YuNet face detector)
     emotion-batch models info                                    (show model, detector and versions)
     """
+    if click.get_current_context().invoked_subcommand != "analyze":
+        _EarlySignal.uninstall()
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -173,6 +227,8 @@ def analyze(
       1   some files failed (listed; retried on the next run)
       2   usage or configuration error, or settings that differ from
           those of the rows already in --out (see --force)
+      66  no media file found in the inputs (empty folder, share not
+          mounted?); nothing done, previous results kept
       74  an output could not be written (e.g. disk full); previous
           results kept
       75  another run holds the lock on this output
@@ -189,7 +245,7 @@ def analyze(
     from .batch.incremental import OutputPaths
     from .batch.interrupts import stop_on_signals
     from .batch.job import Options, prepare
-    from .batch.run import run_incremental
+    from .batch.run import Interrupted, run_incremental
     from .output import logs
     from .output.progress import LogProgress, NoProgress, RichProgress
 
@@ -221,6 +277,10 @@ def analyze(
     from .vision.detection import download_if_missing  # no detector installed: the first run downloads it
 
     with _exit_codes(), stop_on_signals(announce) as stop, download_if_missing(interactive):
+        if _EarlySignal.name is not None:
+            raise Interrupted(
+                f"interrupted by {_EarlySignal.name} while starting: nothing was done and {out} was left unchanged"
+            )
         outcome = run_incremental(
             lambda o: prepare(list(paths), Options(**options, isolate=True), ignore=o.ignored()),
             outputs,
@@ -236,7 +296,7 @@ def analyze(
 def _exit_codes() -> Any:
     """Turns what stopped a run into its exit code and message: the command's one exception table."""
     from .batch.incremental import SettingsChanged
-    from .batch.job import ConfigError
+    from .batch.job import ConfigError, NoInputFiles
     from .batch.locking import LockHeld
     from .batch.run import Interrupted
     from .batch.state import StateError
@@ -247,6 +307,7 @@ def _exit_codes() -> Any:
         SettingsChanged: (EXIT_USAGE, logging.ERROR, "{error}"),
         LockHeld: (EXIT_LOCKED, logging.ERROR, "{error}. Exiting without doing anything (exit code {code})."),
         Interrupted: (EXIT_INTERRUPTED, logging.WARNING, "{error}"),
+        NoInputFiles: (EXIT_NO_INPUT, logging.WARNING, "{error} (exit code {code})"),
         OutputError: (
             EXIT_OUTPUT,
             logging.ERROR,
@@ -260,6 +321,11 @@ def _exit_codes() -> Any:
     def translate() -> Iterator[None]:
         try:
             yield
+        except KeyboardInterrupt:  # a second signal before the run could turn it into Interrupted
+            log.warning(
+                "stopped at once; run the same command again to continue (exit code %d)", EXIT_INTERRUPTED
+            )
+            sys.exit(EXIT_INTERRUPTED)
         except tuple(table) as exc:
             code, level, message = next(v for k, v in table.items() if isinstance(exc, k))
             if not level:
@@ -278,8 +344,14 @@ def _describe_job(paths: tuple[Path, ...], job: Any) -> None:
         settings.model.name,
         settings.model.sha256[:12],
     )
-    if not job.sources:
-        log.warning("no files found under %s", ", ".join(map(str, paths)))
+    from .batch.job import NoInputFiles
+
+    if not any(s.media_type is not None for s in job.sources):
+        found = f"{len(job.sources)} file(s), none of them a photo or video" if job.sources else "no files"
+        raise NoInputFiles(
+            f"no media files found under {', '.join(map(str, paths))} ({found}): an empty folder, or a share that "
+            "is not mounted? Nothing was done and the earlier results, if any, are unchanged"
+        )
     if not settings.model.crop_from_card:
         log.warning("the model card has no measured crop framing; using the default %s", settings.model.crop)
 
@@ -360,12 +432,12 @@ def models_fetch(from_file: Path | None, url: str | None, force: bool) -> None:
 
     This is the only emotion-batch command that uses the network.
     """
-    from .vision.fetch import YUNET_SHA256, YUNET_URL, FetchError, fetch_yunet
+    from .vision.fetch import YUNET_SHA256, FetchError, detector_url, fetch_yunet
 
-    source = str(from_file) if from_file else (url or YUNET_URL)
+    source = str(from_file) if from_file else (url or detector_url())
     click.echo(f"installing YuNet from {source}")
     try:
-        path = fetch_yunet(url=url or YUNET_URL, from_file=from_file, force=force)
+        path = fetch_yunet(url=url or detector_url(), from_file=from_file, force=force)
     except FetchError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_FAILURES)
