@@ -430,7 +430,8 @@ def models() -> None:
 def models_fetch(from_file: Path | None, url: str | None, force: bool) -> None:
     """Download YuNet (opencv_zoo) into the user cache and verify its pinned sha256.
 
-    This is the only emotion-batch command that uses the network.
+    The main command downloads it the same way on its first run when none is installed; this command does it
+    up front, or installs a copy fetched elsewhere (--from).
     """
     from .vision.fetch import YUNET_SHA256, FetchError, detector_url, fetch_yunet
 
