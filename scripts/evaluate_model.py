@@ -142,7 +142,8 @@ def main() -> None:
     print("robustness: " + ", ".join(
         f"{k} {v['accuracy']:.3f}" + (f" (found {v['detection_rate']:.0%})" if "detection_rate" in v else "")
         for k, v in suite["conditions"].items()))
-    print(f"robustness mean accuracy {suite['mean_accuracy']:.4f}")
+    print(f"robustness mean accuracy {suite['mean_accuracy']:.4f} (FER-2013 labels)"
+          + (f", {suite['mean_ferplus_accuracy']:.4f} (FER+ majority)" if "mean_ferplus_accuracy" in suite else ""))
     print(f"speed: {result['ms_per_face_batch1_1thread_median']:.2f} ms/face median "
           f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread, on {result['cpu']}; "
           f"size {result['model_mb']:.1f} MB")

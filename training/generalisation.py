@@ -10,7 +10,8 @@ Runs any exported model through emotion_batch's own runtime (detector, crop, cla
   it again with the real detector before cropping and classifying it, exactly as ``emotion-batch`` does
   (accuracy is over the faces found; the detection rate is reported beside it);
   *degradations* shrink the crop to 24 px and back, compress it at JPEG quality 25, blur it, add noise, or
-  change its gamma. The suite's mean is the mean over all conditions.
+  change its gamma. The suite's mean is the mean over all conditions, against FER-2013's labels
+  (``mean_accuracy``) and, where FER+ votes are given, against the raters' majority (``mean_ferplus_accuracy``).
 
 Everything is seeded, so two models are compared on identical scenes.
 """
@@ -105,6 +106,15 @@ def ferplus_scores(probs: np.ndarray, votes: Votes) -> dict:
         "nll_vs_raters": float(nll.mean()),
         "ece_majority": expected_calibration_error(probs[scored], majority[scored]),
     }
+
+
+def majority_accuracy(probs: np.ndarray, split: Split, index: np.ndarray) -> dict:
+    """Accuracy against the FER+ majority over the classified images ``index`` that have one (else nothing)."""
+    if split.votes is None:
+        return {}
+    majority = split.votes.majority()[index]
+    scored = majority >= 0
+    return {"ferplus_accuracy": accuracy(probs[scored], majority[scored]) if len(probs) else math.nan}
 
 
 # --- degradations of the crop itself -----------------------------------------------------------------------
@@ -250,10 +260,12 @@ def in_frame_condition(classifier: Classifier, detector: Detector, split: Split,
         kept.append(i)
     index = np.asarray(kept, dtype=int)
     correct = 0
+    probs = np.empty((0, len(EMOTIONS)))
     if len(index):
         probs = classify_crops(classifier, crops)
         correct = int(np.sum(probs.argmax(axis=1) == split.targets[index]))
     return {
+        **majority_accuracy(probs, split, index),
         "images": len(split.images),
         "detected": len(index),
         "detection_rate": len(index) / len(split.images),
@@ -270,9 +282,13 @@ def robustness(classifier: Classifier, detector: Detector | None, split: Split, 
     for name, degrade in DEGRADATIONS.items():
         rng = np.random.default_rng([seed, len(conditions)])
         crops = np.stack([degrade(image, rng) for image in split.images])
-        conditions[name] = {"images": len(crops), "accuracy": accuracy(classify_crops(classifier, crops),
-                                                                        split.targets)}
+        probs = classify_crops(classifier, crops)
+        conditions[name] = {"images": len(crops), "accuracy": accuracy(probs, split.targets),
+                            **majority_accuracy(probs, split, np.arange(len(crops)))}
     if detector is not None:
         for width in FACE_WIDTHS:
             conditions[f"in_frame_{width}px"] = in_frame_condition(classifier, detector, split, width, seed, eyes)
-    return {"conditions": conditions, "mean_accuracy": float(np.mean([c["accuracy"] for c in conditions.values()]))}
+    out = {"conditions": conditions, "mean_accuracy": float(np.mean([c["accuracy"] for c in conditions.values()]))}
+    if split.votes is not None:
+        out["mean_ferplus_accuracy"] = float(np.mean([c["ferplus_accuracy"] for c in conditions.values()]))
+    return out
