@@ -1,5 +1,5 @@
-"""Outputs off the critical path: one background thread in the parent draws charts and builds each file's part of
-the timeline and track tables while the workers analyse.
+"""Outputs off the critical path: one background thread in the parent draws the charts while the workers analyse,
+and each file's part of the timeline and track tables is built as it commits.
 
 The parent mostly waits for results, so a chart drawn there as a file's result arrives costs the run little
 wall time, especially near the end, when the last files keep fewer workers than cores busy. matplotlib is
@@ -10,17 +10,19 @@ a failed job is logged, never raised (a chart problem never fails a run).
 `TableParts` keeps each file's part of `<out stem>_timeline.csv` and `<out stem>_tracks.csv`, built from its rows
 as its result arrives, in memory and beside its thumbnails in the state folder, so the end of a run
 concatenates small tables instead of re-reading every shard (a rerun reads the parts of kept files back).
+Building a part is cheap, so it happens as each file commits, not in the thread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from ..files import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,30 +74,35 @@ class Drawer:
 
 class TableParts:
     """One file's timeline and track tables, keyed by its folder in the state store (`OutputPaths.pictures/<shard
-    stem>`, removed with its shard): in memory for files analysed now, as CSV files in that folder otherwise."""
+    stem>`, removed with its shard): in memory for files analysed now, as CSV files in that folder otherwise.
+
+    Building a file's parts costs milliseconds, so `commit` does it inline: they are ready when the last result
+    arrives and never wait behind a chart. The kept files are a cache, written without fsync (no disk flush on
+    the run's path): each is named by the sha256 of its content and checked when read, so a torn write after a
+    crash is rebuilt from the shard, never used.
+    """
 
     def __init__(self, bin_s: float) -> None:
         self.bin_s = float(bin_s)
         self._parts: dict[Path, tuple[pd.DataFrame, pd.DataFrame]] = {}
 
-    def _files(self, folder: Path) -> tuple[Path, Path]:
-        return folder / f"timeline-v1-{self.bin_s:g}s.csv", folder / "tracks-v1.csv"
+    def _kinds(self) -> tuple[str, str]:
+        return f"timeline-v1-{self.bin_s:g}s-", "tracks-v1-"
 
     def build(
         self, folder: Path, rows: pd.DataFrame, duration: float | None
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Build and keep one file's parts (`rows`: all of its rows; `duration`: its summary's `duration_s`)."""
         from ..output import timeline as tables
-        from ..output.sinks import csv_text
 
         sources = rows["source"].dropna().unique()
         durations = {str(s): duration for s in sources} if duration is not None else None
         parts = (tables.timeline_table(rows, self.bin_s, durations), tables.track_table(rows))
-        self._parts[folder] = parts  # one assignment: safe to read from another thread once `build` returned
+        self._parts[folder] = parts
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            for part, path in zip(parts, self._files(folder)):
-                write_atomically(path, csv_text(part).encode("utf-8"))
+            for part, kind in zip(parts, self._kinds()):
+                _store(folder, kind, part)
         except OSError as exc:  # only a cache: the parts are built again from the shard next time
             log.debug("could not keep the table parts in %s: %s", folder, exc)
         return parts
@@ -109,19 +116,38 @@ class TableParts:
             return found
         from ..output import timeline as tables
 
-        timeline_file, tracks_file = self._files(folder)
-        if timeline_file.is_file() and tracks_file.is_file():
-            try:
-                found = (
-                    tables.read_table(timeline_file, tables.TIMELINE_COLUMNS),
-                    tables.read_table(tracks_file, tables.TRACK_COLUMNS),
-                )
-            except (OSError, ValueError) as exc:
-                log.debug("table parts in %s unreadable (%s): built again", folder, exc)
-            else:
-                self._parts[folder] = found
-                return found
+        timeline, tracks = (_load(folder, kind, columns) for kind, columns in zip(
+            self._kinds(), (tables.TIMELINE_COLUMNS, tables.TRACK_COLUMNS)
+        ))  # fmt: skip
+        if timeline is not None and tracks is not None:
+            self._parts[folder] = (timeline, tracks)
+            return timeline, tracks
         return self.build(folder, rows(), duration)
 
-    def forget(self) -> None:
-        self._parts.clear()
+
+def _store(folder: Path, kind: str, part: pd.DataFrame) -> None:
+    from ..output.sinks import csv_text
+
+    data = csv_text(part).encode("utf-8")
+    target = folder / f"{kind}{hashlib.sha256(data).hexdigest()[:16]}.csv"
+    for old in folder.glob(f"{kind}*.csv"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    if not target.is_file():
+        partial = folder / f".{target.name}.partial"
+        partial.write_bytes(data)
+        os.replace(partial, target)
+
+
+def _load(folder: Path, kind: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    from ..output import timeline as tables
+
+    for path in sorted(folder.glob(f"{kind}*.csv")):
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest()[:16] != path.stem[len(kind) :]:
+                raise ValueError("content does not match its name")
+            return tables.read_table(io.BytesIO(data), columns)
+        except (OSError, ValueError) as exc:
+            log.debug("table part %s unusable (%s): built again", path, exc)
+    return None

@@ -371,9 +371,7 @@ class IncrementalRun:
             shard = shard_name(source.source, sha, self.fingerprint)
             shard_size = self.shards.write(shard, rows)
             self._keep_pictures(shard, source.source, result.thumbnails)
-            self.drawer.submit(
-                self.table_parts.build, self._picture_dir(shard), rows, _duration(result.summary)
-            )
+            self.table_parts.build(self._picture_dir(shard), rows, _duration(result.summary))  # milliseconds
             self._draw(source.source, result.summary.get("media_type"), rows, shard)
         self.state.record(
             FileRecord(

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import sha256
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -163,7 +163,7 @@ def track_table(rows: pd.DataFrame, interval_s: Mapping[str, float] | float | No
     return _frame(records, TRACK_COLUMNS)
 
 
-def read_table(path: str | os.PathLike[str], columns: Sequence[str]) -> pd.DataFrame:
+def read_table(path: str | os.PathLike[str] | IO[bytes], columns: Sequence[str]) -> pd.DataFrame:
     """A timeline or track table written as CSV by this module (`csv_text`) back with its dtypes, floats exact."""
     import pandas as pd
 
