@@ -16,10 +16,12 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import pandas as pd
 
 from ..analysis import FileResult, describe_settings, error_result, skipped_result
 from ..files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
-from ..media.sources import Source
+from ..media.sources import FOLDER, Source
 from ..output import charts, subtitles, thumbnails
 from ..output import timeline as tables
 from ..output.report import render_report, report_path
@@ -39,7 +41,7 @@ from ..output.timeline import DEFAULT_BIN_S, table_paths
 from ..schema import summary_frame
 from .drawing import Drawer, TableParts
 from .job import Job
-from .shards import ShardStore, assemble, shard_name
+from .shards import ShardStore, assemble, shard_name, shard_texts
 from .state import FileRecord, StateError, StateStore, explain_change, fingerprint_of
 
 log = logging.getLogger("emotion_batch")
@@ -47,6 +49,9 @@ log = logging.getLogger("emotion_batch")
 STATE_SUFFIX = ".state"
 #: Charts are drawn into a temporary file with this suffix (matplotlib picks the format by extension).
 CHART_TEMP_SUFFIX = ".tmp.png"
+#: A burst of results is committed together: at most this many files, none waiting longer than this (seconds).
+BATCH_FILES = 64
+BATCH_SECONDS = 0.5
 #: The table formats --out and --summary may have, by extension.
 TABLE_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
 #: The errors of a stat() that say a file is really gone; any other (EACCES, EIO, ESTALE...) may be transient.
@@ -204,15 +209,29 @@ class Plan:
     reasons: Counter = field(default_factory=Counter)
     kept: int = 0
     skipped: int = 0
+    #: Of `kept`: files that could not be looked at now (stat failed with EACCES, EIO...), kept as they were.
+    unreadable: int = 0
+    #: Earlier results kept though their files are not among this run's sources: under a folder that cannot be
+    #: listed now, or outside this run's input paths (another root than before).
+    held_unlisted: list[FileRecord] = field(default_factory=list)
+    held_outside: list[FileRecord] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """The plan as plain JSON, kept in the state store as `last_plan` (what the last run set out to do)."""
-        return {
+        out: dict[str, Any] = {
             "analysed": len(self.process),
             "reasons": dict(self.reasons),
             "kept": self.kept,
             "skipped": self.skipped,
         }
+        for key, n in (
+            ("kept_unreadable", self.unreadable),
+            ("kept_unlisted", len(self.held_unlisted)),
+            ("kept_outside_inputs", len(self.held_outside)),
+        ):
+            if n:
+                out[key] = n
+        return out
 
     def describe(self) -> str:
         why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.most_common())
@@ -221,6 +240,12 @@ class Plan:
             parts.append(f"{self.kept} unchanged file(s) kept from earlier runs")
         if self.skipped:
             parts.append(f"{self.skipped} skipped (not media)")
+        if self.held_unlisted:
+            parts.append(
+                f"{len(self.held_unlisted)} earlier result(s) kept under folder(s) that cannot be listed"
+            )
+        if self.held_outside:
+            parts.append(f"{len(self.held_outside)} earlier result(s) kept from outside this run's inputs")
         return "; ".join(parts)
 
 
@@ -279,6 +304,9 @@ class IncrementalRun:
         self.settings = describe_settings(job.settings)
         self.fingerprint = fingerprint_of(self.settings)
         self.drawer = Drawer(enabled=paths.charts is not None or paths.subtitles is not None)
+        self._pending: list[FileResult] = []
+        self._flushed_at = -math.inf
+        self.plan_made: Plan | None = None
         self.table_parts = TableParts(paths.bin_s)
         self._queued: set[str] = set()  # sources whose chart and subtitles this run has queued already
 
@@ -347,6 +375,10 @@ class IncrementalRun:
                 reason = "failed before, retried"
             elif rec.path != os.fsencode(source.path):
                 reason = "moved"
+            elif self._unreadable_now(source):
+                plan.kept += 1  # a transient problem (permissions, I/O): the earlier result stands
+                plan.unreadable += 1
+                continue
             elif not self._unchanged(source, rec):
                 reason = "changed"
             elif rec.shard is not None and not self.shards.intact(rec.shard, rec.shard_size):
@@ -356,37 +388,140 @@ class IncrementalRun:
                 continue
             plan.process.append(source)
             plan.reasons[reason] += 1
+        self._hold(plan, records)
+        self.state.set_meta("roots", [str(r) for r in self.job.roots])
+        self.plan_made = plan
         return plan
+
+    def _unreadable_now(self, source: Source) -> bool:
+        """True (with a warning) when the file exists but cannot be looked at now (EACCES, EIO, ESTALE...)."""
+        try:
+            os.stat(source.path)
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                return False
+            log.warning(
+                "%s: cannot look at the file now (%s); its earlier result is kept and it is checked again on the "
+                "next run",
+                source.source,
+                exc.strerror or exc,
+            )
+            return True
+        return False
+
+    def _hold(self, plan: Plan, records: Mapping[str, FileRecord]) -> None:
+        """Earlier results that stay in the outputs though this run did not list their files (see `Plan`)."""
+        current = {s.source for s in self.job.sources}
+        unlisted = [str(s.path) for s in self.job.sources if s.media_type == FOLDER]
+        for name, rec in sorted(records.items()):
+            if name in current or rec.status != "ok" or rec.fingerprint != self.fingerprint:
+                continue
+            if rec.shard is not None and not self.shards.intact(rec.shard, rec.shard_size):
+                continue
+            path = os.fsdecode(rec.path)
+            if any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder in unlisted):
+                plan.held_unlisted.append(rec)
+            elif self.job.roots and not self.job.covers(path) and not gone(rec.path):
+                plan.held_outside.append(rec)
+        if plan.held_unlisted:
+            log.warning(
+                "%d file(s) under folder(s) that cannot be listed now keep their earlier results (%s); they are "
+                "checked again on the next run",
+                len(plan.held_unlisted),
+                ", ".join(r.source for r in plan.held_unlisted[:5])
+                + (", ..." if len(plan.held_unlisted) > 5 else ""),
+            )
+        if plan.held_outside:
+            earlier = self.state.get_meta("roots") or []
+            log.warning(
+                "%d file(s) analysed by earlier runs lie outside this run's inputs (earlier inputs: %s); their "
+                "results are kept in %s. To leave them out, run with --force or write to another --out",
+                len(plan.held_outside),
+                ", ".join(map(str, earlier)) or "unknown",
+                self.paths.out,
+            )
 
     # 3. execute -------------------------------------------------------------------------------------------------
     def commit(self, result: FileResult) -> None:
         """Make one file's result durable: shard and thumbnails, then the state record (one transaction).
 
-        Its timeline chart and subtitles are drawn in the background (`drawing.Drawer`); a run killed before they
-        are done redraws them next time (`_heal`)."""
-        source, rows, identity = result.source, result.rows, result.identity
+        Results that arrive in a burst (many small files) are committed together, at most `BATCH_FILES` of them
+        and never one older than `BATCH_SECONDS` when the next arrives: one transaction for all; a file arriving
+        after a quiet spell is committed at once. A kill loses at most the results not yet committed, which the
+        next run redoes. Call `flush` when the results end. Its timeline chart and subtitles are drawn in the
+        background (`drawing.Drawer`); a run killed before they are done redraws them next time (`_heal`)."""
+        self._pending.append(result)
+        if len(self._pending) >= BATCH_FILES or time.monotonic() - self._flushed_at >= BATCH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the pending results: shards renamed into place first, then their records in one transaction.
+
+        A problem with one file's outputs (a name the file system refuses, a thumbnail that cannot be written)
+        makes that file an error and the others go on; only a full disk or an unusable state store stops the
+        run (OutputError, StateError)."""
+        pending, self._pending = self._pending, []
+        self._flushed_at = time.monotonic()
+        if not pending:
+            return
+        ok = [r for r in pending if r.status == "ok" and r.records]
+        try:
+            texts = dict(zip(map(id, ok), shard_texts([r.records for r in ok])))
+        except Exception:  # noqa: BLE001 - formatted one by one below, where a failure names its file
+            texts = {}
+        records = []
+        for result in pending:
+            try:
+                records.append(self._prepare(result, texts.get(id(result))))
+            except (OutputError, StateError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one file's commit never fails the run
+                records.append(self._failed_commit(result, exc))
+        self.state.record_many(records)
+
+    def _prepare(self, result: FileResult, text: bytes | None) -> FileRecord:
+        """Write one file's shard and thumbnails and queue its chart; return the record that points to them."""
+        source, identity = result.source, result.identity
         shard = shard_size = None
-        if result.status == "ok" and len(rows):
+        if result.status == "ok" and result.records:
             sha = identity.sha256 if identity else "unidentified"
             shard = shard_name(source.source, sha, self.fingerprint)
-            shard_size = self.shards.write(shard, rows)
+            if text is None:
+                text = shard_texts([result.records])[0]
+            try:
+                shard_size = self.shards.write_text(shard, text)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise OutputError(
+                        f"cannot write {self.shards.path(shard)}: {exc.strerror or exc}"
+                    ) from exc
+                raise
             self._keep_pictures(shard, source.source, result.thumbnails)
+            rows = result.rows
             self.table_parts.build(self._picture_dir(shard), rows, _duration(result.summary))  # milliseconds
             self._draw(source.source, result.summary.get("media_type"), rows, shard)
-        self.state.record(
-            FileRecord(
-                source=source.source,
-                path=os.fsencode(source.path),
-                identity=identity,
-                fingerprint=self.fingerprint,
-                status=result.status,
-                error_kind=result.summary.get("error_kind"),
-                shard=shard,
-                shard_size=shard_size,
-                rows=len(rows),
-                summary=result.summary,
-            )
+        return FileRecord(
+            source=source.source,
+            path=os.fsencode(source.path),
+            identity=identity,
+            fingerprint=self.fingerprint,
+            status=result.status,
+            error_kind=result.summary.get("error_kind"),
+            shard=shard,
+            shard_size=shard_size,
+            rows=len(result.records),
+            summary=result.summary,
         )
+
+    def _failed_commit(self, result: FileResult, exc: Exception) -> FileRecord:
+        """The record of a file whose results could not be saved: an error, retried on the next run."""
+        message = f"its results could not be saved: {type(exc).__name__}: {exc}"
+        log.error("%s: %s", result.source.source, message)
+        log.debug("commit of %s failed", result.source.source, exc_info=True)
+        media_type = result.summary.get("media_type")
+        failed = error_result(result.source, self.job.settings, "internal", message, media_type=media_type)
+        failed.identity = result.identity
+        return self._prepare(failed, None)
 
     # 4. outputs -------------------------------------------------------------------------------------------------
     def _picture_dir(self, shard: str) -> Path:
@@ -430,7 +565,7 @@ class IncrementalRun:
             return
         self._queued.add(source)
         if self.paths.charts is not None:
-            target = self.paths.charts / charts.chart_filename(source)
+            target = self.paths.charts / chart_name(source)
             if not (only_missing and target.exists()):
                 pictures = {track: path for (_, track), path in self._pictures(shard, source).items()}
                 draw = functools.partial(charts.timeline_chart, pictures=pictures)
@@ -445,15 +580,20 @@ class IncrementalRun:
 
         Each output is rewritten only when what it is made of changed (or it is missing): a rerun with nothing
         new rewrites nothing."""
+        self.flush()
         records = self.state.records()
         summaries: list[Mapping[str, Any]] = []
         shards: list[str] = []
         rows = 0
-        for source in self.job.sources:
-            if source.skip_reason:
-                summaries.append(skipped_result(source, self.job.settings).summary)
+        held = [*plan.held_unlisted, *plan.held_outside]
+        entries: list[tuple[str, Source | FileRecord]] = [(s.source, s) for s in self.job.sources]
+        if held:  # in source order with the others
+            entries = sorted([*entries, *((r.source, r) for r in held)], key=lambda e: e[0])
+        for _, entry in entries:
+            if isinstance(entry, Source) and entry.skip_reason:
+                summaries.append(skipped_result(entry, self.job.settings).summary)
                 continue
-            rec = records[source.source]
+            rec = records[entry.source]
             summaries.append(rec.summary)
             if rec.shard is not None:
                 shards.append(rec.shard)
@@ -485,7 +625,7 @@ class IncrementalRun:
             rec = records.get(source)
             if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
                 continue
-            chart = self.paths.charts / charts.chart_filename(source) if self.paths.charts else None
+            chart = self.paths.charts / chart_name(source) if self.paths.charts else None
             vtt = self.paths.subtitles / subtitles.subtitle_filename(source) if self.paths.subtitles else None
             if any(p is not None and not p.exists() for p in (chart, vtt)):
                 self._draw(source, "video", self.shards.read(rec.shard), rec.shard, only_missing=True)
@@ -501,7 +641,7 @@ class IncrementalRun:
         timelines = {}
         if paths.charts is not None:
             for source, media in zip(table["source"], table["media_type"]):
-                chart = paths.charts / charts.chart_filename(source)
+                chart = paths.charts / chart_name(source)
                 if isinstance(media, str) and media == "video" and chart.is_file():
                     timelines[source] = chart
         key = json.dumps(
@@ -607,11 +747,11 @@ class IncrementalRun:
     def _tidy(self, records: dict[str, FileRecord]) -> None:
         """Forget files that no longer exist anywhere; remove shards (and their thumbnails) no record points to."""
         current = {s.source for s in self.job.sources}
-        gone = [
-            s for s, r in records.items() if s not in current and not os.path.lexists(os.fsdecode(r.path))
-        ]
-        self.state.forget(gone)
-        keep = [r.shard for s, r in records.items() if r.shard and s not in gone]
+        # Only a file that is really gone (ENOENT) is forgotten: one behind a folder that cannot be read now, or
+        # on a share that answers EIO, keeps its record and its rows.
+        forgotten = {s for s, r in records.items() if s not in current and gone(r.path)}
+        self.state.forget(sorted(forgotten))
+        keep = [r.shard for s, r in records.items() if r.shard and s not in forgotten]
         self.shards.prune(keep)
         wanted = {Path(k).stem for k in keep}
         for folder in self.paths.pictures.iterdir() if self.paths.pictures.is_dir() else []:

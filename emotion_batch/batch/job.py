@@ -29,6 +29,10 @@ class ConfigError(Exception):
     """The run cannot start (bad option, missing model or detector, missing input); nothing was processed."""
 
 
+class NoInputFiles(Exception):
+    """The inputs hold no media file at all (an empty or unmounted folder?); nothing was done, nothing changed."""
+
+
 @dataclass(frozen=True)
 class Options:
     """User-facing settings of a run; the CLI flags map one to one onto these fields."""
@@ -70,6 +74,16 @@ class Job:
     file_timeout: float | None = None
     isolate: bool = False
     scheduler: str | None = None
+    #: The input paths as given, absolute: files outside all of them are not this run's inputs.
+    roots: tuple[Path, ...] = ()
+
+    def covers(self, path: str | os.PathLike[str]) -> bool:
+        """Whether `path` (absolute) is one of the input roots or lies under one of them."""
+        text = os.fspath(path)
+        for root in map(str, self.roots):
+            if text == root or text.startswith(root.rstrip(os.sep) + os.sep):
+                return True
+        return False
 
 
 def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLike] = ()) -> Job:
@@ -114,7 +128,10 @@ def prepare(paths: Sequence[PathLike], options: Options, ignore: Iterable[PathLi
         sources = discover(paths, include=options.include, exclude=options.exclude, ignore=ignored)
     except (ValueError, DetectorUnavailable, ModelUnavailable, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from exc
-    return Job(sources, settings, options.workers, options.file_timeout, isolate, options.scheduler or None)
+    roots = tuple(Path(os.path.abspath(p)) for p in paths)
+    return Job(
+        sources, settings, options.workers, options.file_timeout, isolate, options.scheduler or None, roots
+    )
 
 
 def make_executor(

@@ -147,6 +147,7 @@ def run_incremental(
             for result in drive(executor, plan.process, job, progress, should_stop):
                 run.commit(result)
                 done += 1
+            run.flush()  # the last burst of results (commits are grouped: see IncrementalRun.commit)
             if should_stop():
                 signal_name = getattr(should_stop, "signal_name", None) or "a stop request"
                 raise Interrupted(

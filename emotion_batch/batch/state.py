@@ -1,8 +1,9 @@
 """The state store: which files are done, with which identity and settings, and where their rows are.
 
 It lives beside the output (`results.csv.state/state.sqlite3`) and is what makes nightly runs incremental and
-restartable. SQLite from the standard library, in WAL mode with synchronous=FULL: every file's record is one
-transaction, so a run killed at any instant leaves either the whole record or none of it, and a reader (say, a
+restartable. SQLite from the standard library, in WAL mode with synchronous=FULL: a file's record (or those of
+a burst of files finishing together) is one transaction, so a run killed at any instant leaves either the whole
+record or none of it, and a reader (say, a
 monitoring script) never blocks the writer. Values are plain JSON and text; nothing is pickled.
 """
 
@@ -150,17 +151,27 @@ class StateStore:
 
     def record(self, rec: FileRecord) -> None:
         """Store (or replace) one file's record in a single transaction."""
-        ident = rec.identity
-        summary = json.dumps({k: _clean(v) for k, v in rec.summary.items()}, sort_keys=True)
-        self._write(
-            "INSERT OR REPLACE INTO files (source, path, size, mtime_ns, sha256, fingerprint, status, error_kind, "
-            "shard, shard_size, rows, summary, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+        self.record_many([rec])
+
+    def record_many(self, recs: Iterable[FileRecord]) -> None:
+        """Store (or replace) several files' records in a single transaction: all of them or none."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        params = []
+        for rec in recs:
+            ident = rec.identity
+            summary = json.dumps({k: _clean(v) for k, v in rec.summary.items()}, sort_keys=True)
+            params.append((
                 rec.source, rec.path, ident.size if ident else None, ident.mtime_ns if ident else None,
                 ident.sha256 if ident else None, rec.fingerprint, rec.status, rec.error_kind, rec.shard,
-                rec.shard_size, rec.rows, summary, rec.finished_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            ),
-        )  # fmt: skip
+                rec.shard_size, rec.rows, summary, rec.finished_at or now,
+            ))  # fmt: skip
+        if params:
+            self._write_many(
+                "INSERT OR REPLACE INTO files (source, path, size, mtime_ns, sha256, fingerprint, status, "
+                "error_kind, shard, shard_size, rows, summary, finished_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
 
     def touch(self, source: str, mtime_ns: int) -> None:
         """Remember a new modification time for a file whose content (sha256) did not change."""
