@@ -168,7 +168,11 @@ class OutputPaths:
         folders = list(dict.fromkeys([self.out.parent, self.summary.parent]))
         for folder in folders:
             if not folder.is_dir():
-                raise OutputError(f"output folder does not exist: {folder}")
+                if not folder.parent.is_dir():  # one missing level is a new folder; more is likely a typo
+                    raise OutputError(
+                        f"output folder does not exist: {folder} (nor its parent {folder.parent})"
+                    )
+                _make_folder(folder, "output folder")
             _probe(folder)
         for made, what in ((self.charts, "charts folder"), (self.subtitles, "subtitles folder")):
             if made is not None:

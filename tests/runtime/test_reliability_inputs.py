@@ -176,7 +176,7 @@ def test_outputs_inside_the_input_folder_are_never_ingested(
 def test_unusable_output_folder_is_an_error_before_any_work(
     tmp_path: Path, astronaut_jpg: Path, cli_env, model_args, where
 ) -> None:
-    target = tmp_path / "out"
+    target = tmp_path / "out" if where == "read-only" else tmp_path / "no" / "out"  # two levels missing
     preexec = None
     if where == "read-only":
         target.mkdir()
@@ -189,6 +189,15 @@ def test_unusable_output_folder_is_an_error_before_any_work(
     assert "Permission denied" in result.stderr or where == "missing"
     assert "analysing" not in result.stderr and "detector" not in result.stderr  # nothing was started
     assert not target.exists() or list(target.iterdir()) == []
+
+
+def test_a_missing_output_folder_whose_parent_exists_is_created(
+    tmp_path: Path, astronaut_jpg: Path, cli_env, model_args
+) -> None:
+    out = tmp_path / "new" / "r.csv"
+    result = run(astronaut_jpg, "--out", out, *model_args, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(out)["emotion"].tolist() == ["happy"]
 
 
 def test_full_disk_leaves_the_previous_results_intact(
