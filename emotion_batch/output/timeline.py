@@ -172,7 +172,6 @@ def read_table(path: str | os.PathLike[str] | IO[bytes], columns: Sequence[str])
         dtype={"source": "string", "dominant_emotion": "string"},
         keep_default_na=False,
         na_values=[""],
-        float_precision="round_trip",
     )
     return _frame(frame.to_dict("records"), columns)
 
