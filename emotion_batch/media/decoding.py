@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -163,7 +163,7 @@ class PyAVReader:
 
         self._av = av
         self._reformatter = VideoReformatter()
-        self._container = av.open(str(path), metadata_errors="ignore")
+        self._container = open_container(path)
         streams = [s for s in self._container.streams.video if not _is_cover_art(s)]
         if stream_index is not None:
             streams = [s for s in streams if s.index == stream_index]
@@ -235,6 +235,20 @@ def _converter(frame, reformatter) -> Callable[[], np.ndarray | None]:
     return convert
 
 
+def open_container(path: Path) -> Any:
+    """`av.open` for reading, tolerant of undecodable metadata on every PyAV version.
+
+    PyAV up to 18 takes `metadata_errors="ignore"` (else a tag in a foreign encoding fails the whole file);
+    PyAV 19 dropped the argument and always tolerates such tags.
+    """
+    import av
+
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except TypeError:  # PyAV >= 19: "open() got an unexpected keyword argument 'metadata_errors'"
+        return av.open(str(path))
+
+
 def _is_cover_art(stream) -> bool:
     """A still picture attached to the file (album or podcast cover, a thumbnail), not a video."""
     return bool(int(stream.disposition) & _ATTACHED_PIC)
@@ -267,11 +281,9 @@ class StreamChoice:
 def probe_streams(path: Path) -> StreamChoice | None:
     """The container's streams as PyAV lists them, or None when PyAV is missing or cannot open the file."""
     try:
-        import av
+        container = open_container(path)
     except ImportError:
         return None
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
     except Exception as exc:  # noqa: BLE001 - any failure: the decoders decide, with their own error
         log.debug("PyAV cannot open %s (%s)", path, exc)
         return None
