@@ -7,7 +7,6 @@ in the parent process as each file's rows arrive, without keeping every file's r
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..schema import EMOTIONS, dominant_emotion
 from ..vision.tracking import smooth
+from .timeline import safe_filename
 
 if TYPE_CHECKING:  # pandas only for annotations: the module loads without it
     import pandas as pd
@@ -40,9 +40,8 @@ _PNG = {"compress_level": 1}
 
 
 def chart_filename(source: str, suffix: str = ".timeline.png") -> str:
-    """A flat, portable file name for a source path: folders joined with '__', odd characters replaced."""
-    flat = source.replace("/", "__")
-    return re.sub(r"[^\w.\-]+", "_", flat) + suffix
+    """The chart's file name for a source: `timeline.safe_filename`, as the run driver names it."""
+    return safe_filename(source, suffix)
 
 
 def overview_filename(page: int) -> str:

@@ -206,9 +206,10 @@ def concat(tables: Iterable[pd.DataFrame], columns: Sequence[str]) -> pd.DataFra
 def safe_filename(source: str, suffix: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     """A flat, portable file name for a source path plus `suffix`, below `max_bytes` bytes of UTF-8.
 
-    Like `charts.chart_filename` (folders joined with '__', odd characters replaced), so names stay readable and
-    match the charts'. When flattening lost information (replaced characters, or '__' already in the path) or the
-    name had to be shortened, 8 hex digits of the source's sha256 are added, so two sources never share a name.
+    Folders are joined with '__' and odd characters replaced, so names stay readable; charts, thumbnails and
+    subtitles are all named by it. When flattening lost information (replaced characters, or '__' already in
+    the path) or the name had to be shortened, 8 hex digits of the source's sha256 are added, so two sources
+    never share a name.
     """
     flat = source.replace("/", "__")
     clean = re.sub(r"[^\w.\-]+", "_", flat)

@@ -58,10 +58,16 @@ def test_file_stats() -> None:
 
 @pytest.mark.parametrize(
     ("source", "name"),
-    [("a.mp4", "a.mp4.timeline.png"), ("day 1/cam:2.mov", "day_1__cam_2.mov.timeline.png")],
+    [("a.mp4", "a.mp4.timeline.png"), ("day1/cam2.mov", "day1__cam2.mov.timeline.png")],
 )
 def test_chart_filename(source: str, name: str) -> None:
     assert chart_filename(source) == name
+
+
+def test_chart_filenames_of_lossy_flattenings_differ() -> None:
+    """`day 1/cam:2.mov` and `day_1/cam_2.mov` flatten alike: a tag of the source's digest tells them apart."""
+    a, b = chart_filename("day 1/cam:2.mov"), chart_filename("day_1/cam_2.mov")
+    assert a != b and a.startswith("day_1__cam_2.mov-") and a.endswith(".timeline.png")
 
 
 def assert_real_png(path: Path, min_width: int, min_height: int) -> None:
