@@ -303,7 +303,7 @@ def _exit_codes() -> Any:
     from .output.sinks import OutputError
 
     table: dict[type[Exception], tuple[int, int, str]] = {
-        ConfigError: (EXIT_USAGE, 0, ""),  # click's usage error: "Error: ..." after the usage line
+        ConfigError: (EXIT_USAGE, 0, ""),  # "Error: ..." alone: a configuration, not the command line, is wrong
         SettingsChanged: (EXIT_USAGE, logging.ERROR, "{error}"),
         LockHeld: (EXIT_LOCKED, logging.ERROR, "{error}. Exiting without doing anything (exit code {code})."),
         Interrupted: (EXIT_INTERRUPTED, logging.WARNING, "{error}"),
@@ -329,7 +329,8 @@ def _exit_codes() -> Any:
         except tuple(table) as exc:
             code, level, message = next(v for k, v in table.items() if isinstance(exc, k))
             if not level:
-                raise click.UsageError(str(exc)) from exc
+                click.echo(f"Error: {exc}", err=True)
+                sys.exit(code)
             log.log(level, "%s", message.format(error=exc, code=code))
             sys.exit(code)
 
