@@ -739,20 +739,31 @@ class IncrementalRun:
         import importlib.metadata
         import platform
 
-        try:
-            version = importlib.metadata.version("emotion-batch")
-        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
-            version = "unknown"
+        def version(package: str) -> str:
+            try:
+                return importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:  # run from a bare checkout
+                return "unknown"
+
+        def given(
+            value: Any,
+        ) -> Any:  # settings left at None (e.g. --every when sampling by time) say nothing
+            if isinstance(value, dict):
+                return {k: given(v) for k, v in value.items() if v is not None}
+            return value
+
         settings = self.job.settings
+        libraries = ("emotion-batch", "onnxruntime", "opencv-python-headless", "av", "numpy")
         return {
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "inputs": [str(root) for root in self.job.roots],
             "output": str(self.paths.out),
             "files": len(self.job.sources),
             "model": {"name": settings.model.name, "sha256": settings.model.sha256},
             "detector": {"name": settings.detector.name, "sha256": settings.detector.sha256},
-            "settings": self.settings,
+            "settings": given(self.settings),
             "timeline bin": f"{self.paths.bin_s:g} s",
-            "versions": {"emotion-batch": version, "python": platform.python_version()},
+            "versions": {"python": platform.python_version(), **{name: version(name) for name in libraries}},
         }
 
     def _stamp(self) -> dict[str, Any]:
