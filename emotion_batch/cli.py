@@ -303,7 +303,7 @@ def _exit_codes() -> Any:
     from .output.sinks import OutputError
 
     table: dict[type[Exception], tuple[int, int, str]] = {
-        ConfigError: (EXIT_USAGE, 0, ""),  # "Error: ..." alone: a configuration, not the command line, is wrong
+        ConfigError: (EXIT_USAGE, 0, ""),  # printed as one "Error: ..." line, no usage text
         SettingsChanged: (EXIT_USAGE, logging.ERROR, "{error}"),
         LockHeld: (EXIT_LOCKED, logging.ERROR, "{error}. Exiting without doing anything (exit code {code})."),
         Interrupted: (EXIT_INTERRUPTED, logging.WARNING, "{error}"),
