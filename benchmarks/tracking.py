@@ -12,7 +12,10 @@ shot detector numbers the shots and the tracker gives ids; the ids are scored ag
 Reported: IDF1 (IDP, IDR), ID switches, fragments (extra ids per person), merges (extra people per id), ids seen
 in more than one shot (must be 0), ids given, ids with at most 2 samples. The tracker runs with appearance (the
 frame given) and, for comparison, on motion alone (the frame not given) and in the previous greedy version when
-`--baseline REV` names a git revision of emotion_batch/vision/tracking.py.
+`--baseline REV` names a git revision of emotion_batch/vision/tracking.py. Ids are those of the rows: a face
+seen in one sample gets none (`confirmed_ids`, as the command does; such a face counts as missed), except in
+"appearance, tracker ids" (before that step) and the baseline. For the labelled clips, "ids in the rows" counts
+every id the command would write, those on unscored boxes (duplicates) included.
 
 Cost: the time of the tracker's updates (appearance included) and of the shot detector, as a fraction of the
 pipeline time of the same frames (decode + sample, detect, classify with the bundled model when it is there,
@@ -46,7 +49,7 @@ from emotion_batch.media.decoding import open_reader  # noqa: E402
 from emotion_batch.media.sampling import FrameSampler, SamplingPlan  # noqa: E402
 from emotion_batch.vision.detection import create_detector, resolve_detector  # noqa: E402
 from emotion_batch.vision.shots import ShotDetector, frame_signature, signature_distance  # noqa: E402
-from emotion_batch.vision.tracking import FaceTracker  # noqa: E402
+from emotion_batch.vision.tracking import FaceTracker, confirmed_ids  # noqa: E402
 from tests.runtime.synthetic_tracks import (  # noqa: E402
     box_of,
     identity_scores,
@@ -79,21 +82,34 @@ def sampled(path: Path, detector, fps: float):
     return [(frame, detector.detect(frame.image)) for frame in FrameSampler(path, "video", SamplingPlan(fps=fps))]
 
 
+#: Tracker variants: "appearance" and "motion" give the rows' ids (after `confirmed_ids`), the others the
+#: tracker's own.
+MODES = ("appearance", "motion", "appearance, tracker ids")
+
+
 def run_tracker(frames, mode: str, baseline=None):
-    """Track ids per frame, and the shot ids, for mode 'appearance', 'motion' or 'baseline'."""
+    """Track ids per frame (None: no id), and the shot ids, for a mode of MODES or 'baseline'."""
     shots = ShotDetector()
     tracker = baseline() if mode == "baseline" else FaceTracker()
     out = []
     for frame, faces in frames:
         shot = shots.update(frame.image, frame.timestamp_s)
-        if mode == "appearance":
-            ids = tracker.update(faces, frame.timestamp_s, image=frame.image, shot=shot)
-        elif mode == "motion":
+        if mode == "motion":
             ids = tracker.update(faces, frame.timestamp_s, shot=shot)
-        else:
+        elif mode == "baseline":
             ids = tracker.update(faces, frame.timestamp_s)
+        else:
+            ids = tracker.update(faces, frame.timestamp_s, image=frame.image, shot=shot)
         out.append((frame, faces, ids, shot))
+    if mode in ("appearance", "motion"):
+        final = confirmed_ids(i for _, _, ids, _ in out for i in ids)
+        out = [(frame, faces, [final[i] for i in ids], shot) for frame, faces, ids, shot in out]
     return out, shots
+
+
+def hypotheses(faces, ids) -> list:
+    """The (id, box) of the faces that have an id: one without is not output as a person, so not scored."""
+    return [(i, box_of(f)) for i, f in zip(ids, faces) if i is not None]
 
 
 def synthetic(detector, fps: float, modes, baseline) -> dict:
@@ -107,7 +123,7 @@ def synthetic(detector, fps: float, modes, baseline) -> dict:
         observations = []
         for frame, faces, ids, _ in tracked:
             _, truth_shot, faces_truth = nearest_truth(truth, frame.timestamp_s)
-            observations.append((truth_shot, faces_truth, [(i, box_of(f)) for i, f in zip(ids, faces)]))
+            observations.append((truth_shot, faces_truth, hypotheses(faces, ids)))
         results[mode] = identity_scores(observations)
         cut_times = [k / truth.fps for k in truth.cut_frames]
         results[mode + " cuts"] = f"found at {[round(c, 2) for c in shots.cuts_s]} s, true {cut_times} s"
@@ -127,8 +143,11 @@ def labelled(detector, truth_file: Path, modes, baseline) -> dict:
             entry = by_index.get(frame.index, {"faces": []})
             truth_shot = sum(1 for s in starts if s <= frame.index) - 1
             faces_truth = [(f["id"] and f"{f['id']}", f["box"]) for f in entry["faces"]]
-            observations.append((truth_shot, faces_truth, [(i, box_of(f)) for i, f in zip(ids, faces)]))
+            observations.append((truth_shot, faces_truth, hypotheses(faces, ids)))
         results[mode] = identity_scores(observations, min_iou=0.5)
+        given = {i for _, _, ids, _ in tracked for i in ids if i is not None}
+        without = sum(1 for _, _, ids, _ in tracked for i in ids if i is None)
+        results[mode + " rows"] = f"ids in the rows {len(given)}, faces without an id {without}"
         found = [round(c, 2) for c in shots.cuts_s]
         results[mode + " cuts"] = f"found at {found} s; shots start at frames {starts[1:]}"
     return results
@@ -147,6 +166,7 @@ def cost(detector, videos: list[Path], fps: float) -> str:
     frames = 0
     for video in videos:
         tracker, shots = FaceTracker(), ShotDetector()
+        given: list[int] = []
         t = time.perf_counter()
         for frame in FrameSampler(video, "video", SamplingPlan(fps=fps), prefetch=0):
             t1 = time.perf_counter()
@@ -157,7 +177,7 @@ def cost(detector, videos: list[Path], fps: float) -> str:
             t3 = time.perf_counter()
             shot = shots.update(frame.image, frame.timestamp_s)
             t4 = time.perf_counter()
-            tracker.update(faces, frame.timestamp_s, image=frame.image, shot=shot)
+            given += tracker.update(faces, frame.timestamp_s, image=frame.image, shot=shot)
             t5 = time.perf_counter()
             spent["sample"] += t1 - t
             spent["detect"] += t2 - t1
@@ -166,6 +186,11 @@ def cost(detector, videos: list[Path], fps: float) -> str:
             spent["track"] += t5 - t4
             frames += 1
             t = time.perf_counter()
+        spent["sample"] += time.perf_counter() - t  # the sampler's last call: the end of the file
+        t = time.perf_counter()
+        final = confirmed_ids(given)  # the rows' ids, once the file is tracked
+        _ = [final[i] for i in given]
+        spent["track"] += time.perf_counter() - t
     total = sum(spent.values())
     lines = [
         f"  {frames} sampled frames of {len(videos)} videos, pipeline {total:.2f} s (one thread): "
@@ -238,7 +263,7 @@ def main() -> None:
         sys.exit(f"shared data not found: {detector_file} (set EMOTION_BATCH_SHARED)")
     detector = create_detector(resolve_detector("yunet", detector_file))
     baseline = load_tracker_class(args.baseline)
-    modes = ["appearance", "motion"] + (["baseline"] if baseline else [])
+    modes = list(MODES) + (["baseline"] if baseline else [])
 
     print(f"synthetic set ({args.fps}/s):")
     for name, value in synthetic(detector, args.fps, modes, baseline).items():

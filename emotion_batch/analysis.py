@@ -39,7 +39,7 @@ from .vision.annotate import encode_jpeg, face_crop
 from .vision.classification import Classifier, FrameBatcher, ModelCard
 from .vision.detection import Detection, Detector, DetectorSpec, create_detector
 from .vision.shots import ShotDetector
-from .vision.tracking import FaceTracker
+from .vision.tracking import FaceTracker, confirmed_ids
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +50,9 @@ FrameCallback = Callable[[int], None]
 
 #: Bump when a code change alters the rows for the same model and settings, so state stores reprocess.
 #: 3: frames at least twice the working width are halved by area averaging first; 4: a `shot` column, and
-#: tracks use appearance and end at hard cuts (`vision.shots`).
-ROWS_FORMAT = 4
+#: tracks use appearance and end at hard cuts (`vision.shots`); 5: a face seen in one sample of a video has no
+#: track id, and the others are renumbered (`vision.tracking.confirmed_ids`).
+ROWS_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,8 @@ def file_stats(rows: Sequence[Row]) -> FileSummary:
     stats = FileSummary(
         frames_sampled=len(frames),
         frames_with_faces=sum(frames.values()),
-        faces=len(faces),
-        tracks=len({r.track_id for r in faces}),
+        faces=len(faces),  # every face, those without a track id (seen in one sample) too
+        tracks=len({r.track_id for r in faces if r.track_id is not None}),
         dominant_emotion=dominant,
     )
     stats.update(means)  # type: ignore[typeddict-item]  # keys built from EMOTIONS, checked in schema
@@ -302,6 +303,9 @@ def _analyse(
     batcher: FrameBatcher[_Sampled] = FrameBatcher(engine.classifier)
     records: list[Row] = []
     best: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+    # A video's annotated frames are labelled once its track ids are final: until then each frame waits on disk,
+    # unlabelled, in its place (memory stays flat however long the video).
+    unlabelled: list[tuple[Path, list[Detection], list[int], np.ndarray]] = []
 
     def emit(frame: _Sampled, probs: np.ndarray) -> None:
         size = (frame.height, frame.width)
@@ -312,7 +316,11 @@ def _analyse(
         )
         if frame.image is not None and settings.annotate_dir is not None:
             target = annotate.annotation_path(settings.annotate_dir, source.source, media_type, frame.index)
-            annotate.save(target, annotate.draw(frame.image, frame.faces, frame.ids, probs))
+            if video and frame.faces:
+                annotate.save(target, frame.image)
+                unlabelled.append((target, frame.faces, frame.ids, probs))
+            else:
+                annotate.save(target, annotate.draw(frame.image, frame.faces, frame.ids, probs))
         if on_frame:
             on_frame(1)
 
@@ -335,6 +343,12 @@ def _analyse(
             emit(done, probs)
     for done, probs in batcher.flush():
         emit(done, probs)
+    if video:  # the file is tracked: faces seen in one sample lose their id, the others are renumbered
+        final = confirmed_ids(r.track_id for r in records)
+        records = [r._replace(track_id=final[r.track_id]) if r.track_id is not None else r for r in records]
+        best = {(shot, new): v for (shot, t), v in best.items() if (new := final[t]) is not None}
+        for target, faces, ids, probs in unlabelled:
+            annotate.relabel(target, faces, [final[i] for i in ids], probs)
     stats = file_stats(records)
     stats["duration_s"] = sampler.duration_s
     summary = _summary(source, settings, "ok", None, media_type=media_type, stats=stats)

@@ -30,9 +30,10 @@ def annotation_path(root: Path, source: str, media_type: str, frame_index: int) 
 
 
 def draw(
-    image: np.ndarray, faces: Sequence[Detection], track_ids: Sequence[int], probs: np.ndarray
+    image: np.ndarray, faces: Sequence[Detection], track_ids: Sequence[int | None], probs: np.ndarray
 ) -> np.ndarray:
-    """A copy of `image` with each face's box and "#track emotion confidence" label."""
+    """A copy of `image` with each face's box and "#track emotion confidence" label ("emotion confidence" for a
+    face without a track id)."""
     out = image.copy()
     height, width = out.shape[:2]
     thickness = max(1, round(min(width, height) / 300))
@@ -41,7 +42,7 @@ def draw(
         x0, y0 = round(face.x), round(face.y)
         x1, y1 = round(face.x + face.w), round(face.y + face.h)
         k = int(np.argmax(p))
-        label = f"#{track} {EMOTIONS[k]} {p[k]:.2f}"
+        label = ("" if track is None else f"#{track} ") + f"{EMOTIONS[k]} {p[k]:.2f}"
         cv2.rectangle(out, (x0, y0), (x1, y1), (0, 220, 0), thickness)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         ty = y0 - base - 2 if y0 - th - base - 2 >= 0 else min(y1 + th + 2, height - base)
@@ -59,6 +60,17 @@ def save(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not write annotated image {path}")
     write_atomically(path, encoded.tobytes())
+
+
+def relabel(
+    path: Path, faces: Sequence[Detection], track_ids: Sequence[int | None], probs: np.ndarray
+) -> None:
+    """Draw boxes and labels on the unlabelled frame saved at `path` (a video's frame, saved before its track
+    ids were final), in place."""
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:  # pragma: no cover - written by `save` a moment ago
+        raise OSError(f"could not read annotated image {path}")
+    save(path, draw(image, faces, track_ids, probs))
 
 
 def face_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int = THUMBNAIL_SIZE) -> np.ndarray:

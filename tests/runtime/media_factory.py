@@ -60,6 +60,35 @@ def write_moving_face_video(
     return MovingFaceVideo(path, fps, frames, tuple(offsets))
 
 
+@dataclass(frozen=True)
+class PassingFaceVideo:
+    path: Path
+    fps: float
+    frames: int
+    #: Frames [start, end) in which the second face is there.
+    visible: tuple[int, int]
+
+
+def write_passing_face_video(
+    path: Path, visible: tuple[int, int], fps: float = 25.0, seconds: float = 4.0, size: int = 240
+) -> PassingFaceVideo:
+    """An mp4 (mp4v): the astronaut stands still on the left all along; a mirrored copy, side by side with her on
+    the right, is there only in frames `visible` (e.g. one sample's worth: a face seen once)."""
+    face = cv2.resize(astronaut_bgr(), (size, size), interpolation=cv2.INTER_AREA)
+    frames = round(fps * seconds)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, CANVAS)
+    assert writer.isOpened(), "OpenCV cannot write mp4v here"
+    top, gap = (CANVAS[1] - size) // 2, (CANVAS[0] - 2 * size) // 3
+    for i in range(frames):
+        canvas = np.full((CANVAS[1], CANVAS[0], 3), 96, np.uint8)
+        canvas[top : top + size, gap : gap + size] = face
+        if visible[0] <= i < visible[1]:
+            canvas[top : top + size, 2 * gap + size : 2 * gap + 2 * size] = face[:, ::-1]
+        writer.write(canvas)
+    writer.release()
+    return PassingFaceVideo(path, fps, frames, visible)
+
+
 def _index_image(index: int) -> np.ndarray:
     """A 160x96 frame showing `index` in binary: 8 blocks, white for 1, black for 0 (survives lossy coding)."""
     image = np.zeros((96, 160, 3), np.uint8)

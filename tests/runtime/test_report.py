@@ -67,9 +67,12 @@ def test_tables_agree_with_the_summary(real_run) -> None:
     timeline = pd.read_csv(outputs.timeline_csv)
     ok = summary[(summary["status"] == "ok") & (summary["faces"] > 0)]
     assert len(ok) == 3  # both videos and the couple photo
+    rows = pd.read_csv(out)
     for _, f in ok.iterrows():
-        assert (tracks["source"] == f["source"]).sum() == f["tracks"]
-        assert timeline.loc[timeline["source"] == f["source"], "samples"].sum() == f["faces"]
+        faces = rows[(rows["source"] == f["source"]) & (rows["n_faces"] > 0)]
+        assert len(faces) == f["faces"]  # every face, those seen in one sample (no track id) too
+        assert (tracks["source"] == f["source"]).sum() == f["tracks"] == faces["track_id"].nunique()
+        assert timeline.loc[timeline["source"] == f["source"], "samples"].sum() == faces["track_id"].notna().sum()
         # One rule for "dominant": the summary's dominant_emotion is dominant_emotion() of its means.
         assert dominant_emotion(f.to_dict()) == f["dominant_emotion"]
     for table in (tracks, timeline):

@@ -1,5 +1,5 @@
 """Issue #17 outputs of a real run: timeline and track tables, thumbnails, report, subtitles; nothing rewritten
-on a rerun without changes; the shot column and the rows-format upgrade of issue #16."""
+on a rerun without changes; the shot column, faces without a track id and the rows-format upgrade of issue #16."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from emotion_batch.analysis import ROWS_FORMAT
 from emotion_batch.output.subtitles import parse_webvtt
 from emotion_batch.output.timeline import TIMELINE_COLUMNS, TRACK_COLUMNS
 from emotion_batch.schema import ROW_COLUMNS
 
 from .environment import run_cli
+from .media_factory import write_passing_face_video
 
 
 def _fingerprints(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -90,5 +92,38 @@ def test_an_older_rows_format_is_analysed_again(
     db.close()
     result = run_cli(mixed_folder, "--out", out, "--no-charts", *model_args, env=cli_env)
     assert result.returncode == 1, result.stderr
-    assert "rows format 3, this one writes 4" in result.stderr and "analysing 4 file(s)" in result.stderr
+    assert f"rows format 3, this one writes {ROWS_FORMAT}" in result.stderr
+    assert "analysing 4 file(s)" in result.stderr
     assert "shot" in pd.read_csv(out).columns
+
+
+def test_a_face_seen_once_is_in_the_rows_and_summary_not_in_the_per_person_outputs(
+    cli_env: dict, model_args: list, tmp_path: Path
+) -> None:
+    """A second face beside the first in one sample only (1.0 s): its row is written, with an empty track_id, and
+    counted in the summary's faces; no table, chart, thumbnail, subtitle or report card makes it a person."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_passing_face_video(inputs / "passing.mp4", visible=(23, 28))
+    out = tmp_path / "r.csv"
+    done = run_cli(inputs, "--out", out, "--subtitles", "--bin", "1", *model_args, env=cli_env)
+    assert done.returncode == 0, done.stderr
+
+    rows = pd.read_csv(out)
+    once = rows[rows["face_index"] == 1]
+    assert once[["timestamp_s", "n_faces"]].values.tolist() == [[1.0, 2]] and once["track_id"].isna().all()
+    assert set(rows.loc[rows["face_index"] == 0, "track_id"]) == {0} and len(rows) == 9
+    summary = pd.read_csv(out.with_name("r_summary.csv")).iloc[0]
+    assert (summary["frames_sampled"], summary["faces"], summary["tracks"]) == (8, 9, 1)
+
+    tracks = pd.read_csv(out.with_name("r_tracks.csv"))
+    assert tracks[["track_id", "samples", "first_seen_s"]].values.tolist() == [[0, 8, 0.0]]
+    timeline = pd.read_csv(out.with_name("r_timeline.csv"))
+    assert set(timeline["track_id"]) == {0} and timeline["samples"].sum() == 8
+    charts = out.with_name("r_charts")
+    assert sorted(p.name for p in charts.glob("*.jpg")) == ["passing.mp4.shot-0.track-0.jpg"]
+    vtt = (charts / "passing.mp4.emotions.vtt").read_text()
+    assert "track 0" in vtt and "track 1" not in vtt and "None" not in vtt
+    assert (charts / "passing.mp4.timeline.png").is_file()
+    report = out.with_name("r_report.html").read_text()
+    assert "track 0" in report and "track 1" not in report and "track None" not in report

@@ -1,13 +1,22 @@
-"""Tracking: stable ids for a moving face (synthetic boxes and the generated video), and time smoothing."""
+"""Tracking: stable ids for a moving face (synthetic boxes and the generated video), the rows' final ids (a face
+seen in one sample has none), and time smoothing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 
+from emotion_batch.analysis import Settings, process_file
 from emotion_batch.media.sampling import FrameSampler, SamplingPlan
+from emotion_batch.media.sources import Source
+from emotion_batch.vision.classification import bundled_model_path, load_model_card
 from emotion_batch.vision.detection import Detection, create_detector, resolve_detector
-from emotion_batch.vision.tracking import FaceTracker, smooth
+from emotion_batch.vision.tracking import FaceTracker, confirmed_ids, smooth
+
+from .media_factory import write_passing_face_video
 
 
 def box(cx: float, cy: float, w: float = 60.0) -> Detection:
@@ -59,6 +68,62 @@ def test_moving_face_video_has_one_stable_track(moving_face_video, yunet_path) -
         assert set(ids) == {0}
         assert len(ids) == round(4 * fps)
         assert np.all(np.diff(xs) > 0), "the face moves right in every sample"
+
+
+@pytest.mark.parametrize(
+    ("ids", "min_samples", "expected"),
+    [
+        ([], 2, {}),
+        ([0, 0, 1], 2, {0: 0, 1: None}),
+        ([0, 1, 2, 1, 2], 2, {0: None, 1: 0, 2: 1}),  # the others renumbered 0..
+        ([2, 1, 1, 2], 2, {2: 0, 1: 1}),  # in order of first appearance
+        ([3, None, 5, 3, 7, 5], 2, {3: 0, 5: 1, 7: None}),  # a face already without an id is passed over
+        ([0, 1, 1], 1, {0: 0, 1: 1}),
+        ([0, 1, 1, 1, 0], 3, {0: None, 1: 0}),
+    ],
+)
+def test_confirmed_ids(ids: list, min_samples: int, expected: dict) -> None:
+    final = confirmed_ids(ids, min_samples)
+    assert final == expected and list(final) == list(expected)
+
+
+@pytest.fixture(scope="module")
+def settings(yunet_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """The command's defaults (2 samples/s, YuNet, the bundled model or the tiny one), annotating nowhere yet."""
+    model = None if bundled_model_path().is_file() else request.getfixturevalue("tiny_model")
+    return Settings(SamplingPlan(fps=2.0), resolve_detector("yunet", yunet_path), load_model_card(model))
+
+
+#: Frames (25 fps) in which a second face stands beside the first, and the ids that face gets in the rows of the
+#: samples it is in (frames 0, 13, 25, 38, ...): seen once, no id; seen twice, the second person.
+PASSING = [((23, 28), [None]), ((20, 30), [None]), ((23, 41), [1, 1]), ((0, 100), [1] * 8)]
+
+
+@pytest.mark.parametrize(("visible", "second_ids"), PASSING)
+def test_a_face_seen_in_one_sample_has_no_track_id(
+    settings: Settings, tmp_path: Path, visible: tuple[int, int], second_ids: list
+) -> None:
+    video = write_passing_face_video(tmp_path / "passing.mp4", visible)
+    annotated = tmp_path / "annotated"
+    result = process_file(
+        Source(video.path, "passing.mp4", "video"), Settings(**{**vars(settings), "annotate_dir": annotated})
+    )
+    assert result.status == "ok", result.error
+    rows = result.records
+    assert len({r.frame_index for r in rows}) == 8  # 4 s at 2 samples/s: every sample keeps its rows
+    assert [r.track_id for r in rows if r.face_index == 0] == [0] * 8, "the face on the left all along"
+    assert sum(r.n_faces == 2 for r in rows) == 2 * len(second_ids)  # both faces side by side are found
+    assert [r.track_id for r in rows if r.face_index == 1] == second_ids
+    people = 1 + (second_ids[0] is not None)
+    assert (result.summary["faces"], result.summary["tracks"]) == (8 + len(second_ids), people)
+    assert set(result.thumbnails) == {(0, t) for t in range(people)}
+    # The annotated frames are labelled with the final ids: each has its boxes drawn (green), none left plain.
+    frames = sorted((annotated / "passing.mp4").glob("frame_*.jpg"))
+    assert len(frames) == 8
+    for frame in frames:
+        image = cv2.imread(str(frame))
+        green = (image[..., 1] > 180) & (image[..., 0] < 60) & (image[..., 2] < 60)
+        assert green.sum() > 500, f"{frame.name} has no boxes drawn"
 
 
 def test_smoothing_is_a_centred_time_window() -> None:

@@ -12,7 +12,7 @@ import pytest
 from emotion_batch.media.sampling import FrameSampler, SamplingPlan
 from emotion_batch.vision.detection import Detection, create_detector, resolve_detector
 from emotion_batch.vision.shots import ShotDetector
-from emotion_batch.vision.tracking import FaceTracker, min_cost_assignment
+from emotion_batch.vision.tracking import FaceTracker, confirmed_ids, min_cost_assignment
 
 from .environment import REPO, shared_path
 from .synthetic_tracks import box_of, identity_scores, load_sprites, nearest_truth, write_synthetic_video
@@ -103,9 +103,13 @@ def test_hamilton_no_identity_across_cuts(detector) -> None:
 
 
 def test_facenet_crowd_keeps_people(detector) -> None:
-    """11 people (one seen once, one back after 3 s hidden) plus one duplicate box: was 14 ids, IDF1 0.78."""
+    """11 people (two seen once, one back after 3 s hidden) plus one duplicate box: was 14 ids, IDF1 0.78. In the
+    rows, where a face seen in one sample has no id, at most 10 ids (issue 16; 9 today)."""
     tracked, scores = labelled("facenetpytorch_video", detector)
     assert scores.idf1 >= 0.9, scores.line()
     assert scores.id_switches <= 2, scores.line()
-    all_ids = {i for _, _, ids, _ in tracked for i in ids}
-    assert len(all_ids) <= 12, scores.line()
+    all_ids = [i for _, _, ids, _ in tracked for i in ids]
+    assert len(set(all_ids)) <= 12, scores.line()
+    final = confirmed_ids(all_ids)
+    assert len({i for i in final.values() if i is not None}) <= 10, final
+    assert sorted(i for i in final.values() if i is not None) == list(range(len(set(final.values()) - {None})))
