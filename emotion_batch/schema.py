@@ -167,3 +167,17 @@ def dominant_emotion(means: Mapping[str, Any] | Sequence[float | None]) -> str |
         if not math.isnan(v) and v > best_value:
             best, best_value = emotion, v
     return best
+
+
+def dominant_emotions(means: Any) -> list[str | None]:
+    """`dominant_emotion` of each row of an [N, 7] array of mean probabilities (EMOTIONS order), in one pass.
+
+    The same rule: the highest value wins, the first in `EMOTIONS` order on a tie, NaN never wins, an all-NaN
+    row gives None.
+    """
+    import numpy as np
+
+    values = np.asarray(means, dtype=float).reshape(-1, len(EMOTIONS))
+    missing = np.isnan(values)
+    best = np.where(missing, -np.inf, values).argmax(axis=1)
+    return [None if gone else EMOTIONS[k] for k, gone in zip(best.tolist(), missing.all(axis=1).tolist())]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..analysis import FileResult, describe_settings, error_result, skipped_result
@@ -314,6 +315,7 @@ class IncrementalRun:
         self.plan_made: Plan | None = None
         self.table_parts = TableParts(paths.bin_s)
         self._queued: set[str] = set()  # sources whose chart and subtitles this run has queued already
+        self._tables_built_from: dict[str, str] = {}
 
     # 1. settings ----------------------------------------------------------------------------------------------
     def check_settings(self, force: bool) -> None:
@@ -516,9 +518,9 @@ class IncrementalRun:
                 raise
             self._keep_pictures(shard, source.source, result.thumbnails)
             if parts is None:
-                self.table_parts.build(self._picture_dir(shard), result.rows, _duration(result.summary))
+                self.table_parts.build(source.source, result.rows, _duration(result.summary))
             else:
-                self.table_parts.keep(self._picture_dir(shard), parts)
+                self.table_parts.keep(source.source, parts)
             if (
                 result.summary.get("media_type") == "video"
             ):  # only videos get charts: rows built only for them
@@ -680,14 +682,16 @@ class IncrementalRun:
             for stale in overviews:
                 stale.unlink(missing_ok=True)
             if len(table):
-                for page, start in enumerate(range(0, len(table), charts.FILES_PER_OVERVIEW), start=1):
-                    part = table.iloc[start : start + charts.FILES_PER_OVERVIEW]
+                for page, part, more in charts.overview_pages(table):
                     target = paths.charts / charts.overview_filename(page)
-                    draw_atomically(functools.partial(charts.overview_chart, page=page), target, part)
+                    draw_atomically(
+                        functools.partial(charts.overview_chart, page=page, more=more), target, part
+                    )
             overviews = sorted(paths.charts.glob("overview*.png"))
         timeline, tracks = self._tables(table, records)
         write_table(paths.timeline, timeline, timeline.iloc[:0])
         write_table(paths.tracks, tracks, tracks.iloc[:0])
+        self._remember_tables()
         if paths.report is not None:
             overview = paths.charts / "overview.png" if paths.charts is not None else None
             html = render_report(
@@ -713,25 +717,70 @@ class IncrementalRun:
     def _tables(
         self, table: pd.DataFrame, records: dict[str, FileRecord]
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The timeline (bins of `bin_s`) and track tables of every file, in source order, from the shards."""
+        """The timeline (bins of `bin_s`) and track tables of every file, in source order.
+
+        Files analysed in this run bring the parts built as they committed. A file kept from earlier runs takes
+        its rows from the tables the last run wrote when those are exactly as written and were built from the
+        same shard (one read of each table, however many files); otherwise its parts are built from its shard."""
         durations = {
             str(s): _duration({"duration_s": d}) for s, d in zip(table["source"], table["duration_s"])
         }
+        previous, built_from = self._previous_tables()
+        reused: set[str] = set()
         timelines, tracks = [], []
+        shards: dict[str, str] = {}
         for source in table["source"]:
             rec = records.get(source)
             if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
                 continue
+            shards[source] = rec.shard
+            if source not in self.table_parts and built_from.get(source) == _short(rec.shard):
+                reused.add(source)
+                continue
             read = functools.partial(self.shards.read, rec.shard)
-            # built as the result arrived, or kept in the state folder by an earlier run
-            timeline, track = self.table_parts.get(
-                self._picture_dir(rec.shard), read, durations.get(str(source))
-            )
+            timeline, track = self.table_parts.get(source, read, durations.get(str(source)))
             timelines.append(timeline)
             tracks.append(track)
-        return (
-            tables.concat(timelines, tables.TIMELINE_COLUMNS),
-            tables.concat(tracks, tables.TRACK_COLUMNS),
+        order = {source: k for k, source in enumerate(table["source"])}
+        out = []
+        for kept, parts, columns in zip(
+            previous, (timelines, tracks), (tables.TIMELINE_COLUMNS, tables.TRACK_COLUMNS)
+        ):
+            if reused and kept is not None:
+                parts = [kept[kept["source"].astype(object).isin(reused)], *parts]
+            whole = tables.concat(parts, columns)
+            position = whole["source"].astype(object).map(order).to_numpy()
+            out.append(whole.iloc[np.argsort(position, kind="stable")].reset_index(drop=True))
+        self._tables_built_from = {source: _short(shard) for source, shard in shards.items()}
+        return out[0], out[1]
+
+    def _previous_tables(self) -> tuple[tuple[pd.DataFrame | None, pd.DataFrame | None], dict[str, str]]:
+        """The timeline and track tables the last run wrote, with {source: short shard name} they were built from;
+        (None, None) and {} when they are missing, were changed since, or used another bin."""
+        meta = self.state.get_meta("tables") or {}
+        paths = (self.paths.timeline, self.paths.tracks)
+        if (
+            meta.get("bin_s") != self.paths.bin_s
+            or meta.get("stamps") != _stamps(list(paths))
+            or any(path.suffix.lower() in PARQUET_SUFFIXES for path in paths)
+        ):
+            return (None, None), {}
+        try:
+            found = tuple(
+                tables.read_table(path, columns)
+                for path, columns in zip(paths, (tables.TIMELINE_COLUMNS, tables.TRACK_COLUMNS))
+            )
+        except Exception as exc:  # noqa: BLE001 - only a shortcut: the parts are built from the shards instead
+            log.debug("earlier tables unusable (%s): built from the shards", exc)
+            return (None, None), {}
+        return (found[0], found[1]), dict(meta.get("built_from") or {})
+
+    def _remember_tables(self) -> None:
+        """Note what the tables just written were built from, for the next run's `_previous_tables`."""
+        paths = [self.paths.timeline, self.paths.tracks]
+        self.state.set_meta(
+            "tables",
+            {"bin_s": self.paths.bin_s, "stamps": _stamps(paths), "built_from": self._tables_built_from},
         )
 
     def _metadata(self) -> dict[str, Any]:
@@ -803,6 +852,11 @@ def _duration(summary: Mapping[str, Any]) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if duration != duration else duration
+
+
+def _short(shard: str) -> str:
+    """A shard's name in 12 hex digits: enough to tell whether a file's rows changed, small for 100,000 files."""
+    return hashlib.sha256(shard.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def _stat(path: Path) -> list[int] | None:

@@ -34,6 +34,9 @@ EMOTION_COLOURS: dict[str, str] = {
 MAX_TRACKS_PER_CHART = 8
 #: Files per overview chart; more files continue in overview-2.png, overview-3.png, ...
 FILES_PER_OVERVIEW = 60
+#: Overview charts drawn at most (about 0.7 s each). The files after them are counted in a note on the last one;
+#: every file is in the summary CSV and in the report's file table.
+MAX_OVERVIEW_PAGES = 5
 DPI = 100
 #: PNG compression: level 1 is several times faster than the default 6, for files about 20% larger.
 _PNG = {"compress_level": 1}
@@ -185,23 +188,35 @@ def _status(row: Mapping[Any, Any]) -> str | None:
     return None if faces == faces and faces and float(faces) > 0 else "no face"
 
 
+def overview_pages(summary: pd.DataFrame) -> list[tuple[int, pd.DataFrame, int]]:
+    """(page number, its files, files left out after it) of each overview chart: FILES_PER_OVERVIEW files per
+    page, at most MAX_OVERVIEW_PAGES pages; only the last page leaves files out."""
+    starts = list(range(0, len(summary), FILES_PER_OVERVIEW))[:MAX_OVERVIEW_PAGES]
+    pages = []
+    for page, start in enumerate(starts, start=1):
+        part = summary.iloc[start : start + FILES_PER_OVERVIEW]
+        more = len(summary) - (start + len(part)) if page == len(starts) else 0
+        pages.append((page, part, more))
+    return pages
+
+
 def overview_charts(summary: pd.DataFrame, folder: str | os.PathLike[str]) -> list[Path]:
-    """Every file of the summary as one bar of its emotion mix, FILES_PER_OVERVIEW files per chart.
+    """Every file of the summary as one bar of its emotion mix, on the pages of `overview_pages`.
 
     Files without a bar (no face, error, skipped) are listed with the reason in place of the bar. Returns the
     charts written (overview.png first); empty when the summary is.
     """
     folder = Path(folder)
     return [
-        overview_chart(
-            summary.iloc[start : start + FILES_PER_OVERVIEW], folder / overview_filename(page), page
-        )
-        for page, start in enumerate(range(0, len(summary), FILES_PER_OVERVIEW), start=1)
+        overview_chart(part, folder / overview_filename(page), page, more)
+        for page, part, more in overview_pages(summary)
     ]
 
 
-def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: int = 1) -> Path:
-    """Stacked horizontal bars: the mean emotion mix of each file, and the reason where a file has none."""
+def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: int = 1, more: int = 0) -> Path:
+    """Stacked horizontal bars: the mean emotion mix of each file, and the reason where a file has none.
+
+    `more`: files after these that no chart draws, said in a note under the bars."""
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
@@ -219,7 +234,7 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
             f"{r['source']}  ({faces} face{'s' if faces != 1 else ''})" if reason is None else r["source"]
         )
 
-    width, top, bottom, row_h = 11.0, 0.6, 0.6, 0.34
+    width, top, bottom, row_h = 11.0, 0.6, 0.6 + (0.3 if more else 0.0), 0.34
     height = top + bottom + row_h * max(1, len(labels))
     longest = max((len(str(label)) for label in labels), default=10)
     left = min(5.0, 0.4 + 0.065 * longest)
@@ -252,8 +267,13 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_xlabel("share of mean emotion probability over all detected faces", fontsize=9)
-    more = f" (page {page})" if page > 1 else ""
-    ax.set_title(f"Emotion mix per file{more}", fontsize=12, loc="left", y=1.0)
+    if more:
+        fig.text(
+            left / width, 0.12 / height, f"{more:,} more file{'s' if more != 1 else ''} not drawn here: every file "
+            "is in the summary CSV and in the report's file table", fontsize=9, color="#5b6672", style="italic",
+        )  # fmt: skip
+    numbered = f" (page {page})" if page > 1 else ""
+    ax.set_title(f"Emotion mix per file{numbered}", fontsize=12, loc="left", y=1.0)
     fig.legend(*ax.get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1.0, 1 - top / height),
                frameon=False)  # fmt: skip
     out = Path(path)

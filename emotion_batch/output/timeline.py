@@ -29,7 +29,8 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from ..defaults import DEFAULT_BIN_S
-from ..schema import EMOTIONS, dominant_emotion
+from ..schema import EMOTIONS, dominant_emotions
+from ..schema import dominant_emotion as dominant_emotion  # the one rule, importable from here too
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +55,7 @@ def face_rows(rows: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     faces = rows[(rows["n_faces"].fillna(0) > 0) & rows["track_id"].notna()].copy()
+    faces.attrs = {}  # the tables never carry the rows' attachments (`analyze()` puts whole tables there)
     if "shot" not in faces.columns:
         faces["shot"] = pd.array([pd.NA] * len(faces), dtype="Int64")
     return faces
@@ -65,23 +67,34 @@ def sampling_interval(rows: pd.DataFrame) -> dict[str, float]:
     Taken from all sampled frames of the source, so it is the sampler's step (1 / fps, or N frames with --every)
     whether or not a face was seen.
     """
-    out: dict[str, float] = {}
-    for source, group in rows.groupby("source", sort=False):
-        times = np.unique(group["timestamp_s"].to_numpy(dtype=float))
-        steps = np.diff(times)
-        out[str(source)] = float(np.median(steps)) if len(steps) else 0.0
-    return out
+    frames = rows[["source", "timestamp_s"]].astype({"timestamp_s": float}).drop_duplicates()
+    frames = frames.sort_values(["source", "timestamp_s"], kind="stable")
+    steps = frames.groupby("source", sort=False)["timestamp_s"].diff()
+    medians = steps.groupby(frames["source"], sort=False).median()  # NaN for a source with one time
+    return {str(s): float(m) if m == m else 0.0 for s, m in medians.items()}
 
 
-def _means(group: pd.DataFrame) -> dict[str, float]:
-    probs = group[list(EMOTIONS)].to_numpy(dtype=float)
-    return {f"mean_{e}": float(probs[:, k].mean()) for k, e in enumerate(EMOTIONS)}
+def _aggregate(faces: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per group of `keys` (sorted, missing keys kept): its samples, first and last time, mean
+    probabilities (MEAN_COLUMNS) and dominant emotion. One pandas pass, however many groups."""
+    grouped = faces.groupby(keys, sort=True, dropna=False)
+    out = grouped[list(EMOTIONS)].mean()
+    out.columns = list(MEAN_COLUMNS)
+    times = grouped["timestamp_s"]
+    out["first_seen_s"] = times.min().astype(float)
+    out["last_seen_s"] = times.max().astype(float)
+    out["samples"] = grouped.size()
+    out["dominant_emotion"] = dominant_emotions(out[list(MEAN_COLUMNS)].to_numpy(dtype=float))
+    return out.reset_index()
 
 
-def _frame(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
+def _frame(table: pd.DataFrame | list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     import pandas as pd
 
-    frame = pd.DataFrame.from_records(records, columns=list(columns))
+    if isinstance(table, pd.DataFrame):
+        frame = table.reindex(columns=list(columns))
+    else:
+        frame = pd.DataFrame.from_records(table, columns=list(columns))
     dtypes = {"source": "string", "track_id": "Int64", "samples": "Int64", "dominant_emotion": "string"}
     try:
         return frame.astype({**dtypes, "shot": "Int64"})
@@ -103,28 +116,16 @@ def timeline_table(
         raise ValueError("bin_s must be positive")
     faces = face_rows(rows)
     faces["_bin"] = np.floor(faces["timestamp_s"].to_numpy(dtype=float) / bin_s).astype(np.int64)
-    records = []
-    k: Any
-    for (source, shot, track, k), group in faces.groupby([*_KEY, "_bin"], sort=True, dropna=False):
-        start = k * bin_s
-        end = start + bin_s
-        duration = (durations or {}).get(str(source))
-        if duration is not None and not math.isnan(duration):
-            end = min(end, max(float(duration), start))
-        means = _means(group)
-        records.append(
-            {
-                "source": source,
-                "shot": shot,
-                "track_id": track,
-                "bin_start_s": float(start),
-                "bin_end_s": float(end),
-                "samples": len(group),
-                **means,
-                "dominant_emotion": dominant_emotion(means),
-            }
-        )
-    return _frame(records, TIMELINE_COLUMNS)
+    table = _aggregate(faces, [*_KEY, "_bin"])
+    start = table["_bin"].to_numpy(dtype=float) * bin_s
+    end = start + bin_s
+    known = {str(s): float(d) for s, d in (durations or {}).items() if d is not None and not math.isnan(d)}
+    if known:
+        duration = table["source"].astype(object).map(lambda s: known.get(str(s), math.nan)).to_numpy(float)
+        clipped = np.minimum(end, np.maximum(duration, start))
+        end = np.where(np.isnan(duration), end, clipped)
+    table["bin_start_s"], table["bin_end_s"] = start, end
+    return _frame(table, TIMELINE_COLUMNS)
 
 
 def track_table(rows: pd.DataFrame, interval_s: Mapping[str, float] | float | None = None) -> pd.DataFrame:
@@ -141,26 +142,11 @@ def track_table(rows: pd.DataFrame, interval_s: Mapping[str, float] | float | No
         intervals: Mapping[str, float] = {str(s): float(interval_s) for s in faces["source"].unique()}
     else:
         intervals = interval_s if interval_s is not None else sampling_interval(rows)
-    records = []
-    for (source, shot, track), group in faces.groupby(_KEY, sort=True, dropna=False):
-        times = group["timestamp_s"].to_numpy(dtype=float)
-        step = float(intervals.get(str(source), 0.0))
-        means = _means(group)
-        records.append(
-            {
-                "source": source,
-                "shot": shot,
-                "track_id": track,
-                "first_seen_s": float(times.min()),
-                "last_seen_s": float(times.max()),
-                "samples": len(group),
-                "sampling_interval_s": step,
-                "seconds_in_view": len(group) * step,
-                **means,
-                "dominant_emotion": dominant_emotion(means),
-            }
-        )
-    return _frame(records, TRACK_COLUMNS)
+    table = _aggregate(faces, _KEY)
+    step = table["source"].astype(object).map(lambda s: float(intervals.get(str(s), 0.0))).to_numpy(float)
+    table["sampling_interval_s"] = step
+    table["seconds_in_view"] = table["samples"].to_numpy(dtype=float) * step
+    return _frame(table, TRACK_COLUMNS)
 
 
 def read_table(path: str | os.PathLike[str] | IO[bytes], columns: Sequence[str]) -> pd.DataFrame:
@@ -173,7 +159,7 @@ def read_table(path: str | os.PathLike[str] | IO[bytes], columns: Sequence[str])
         keep_default_na=False,
         na_values=[""],
     )
-    return _frame(frame.to_dict("records"), columns)
+    return _frame(frame, columns)
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -153,3 +153,26 @@ def test_overview_shows_every_file(tmp_path: Path) -> None:
     assert [p.name for p in pages] == ["overview.png", "overview-2.png"]
     assert_real_png(pages[1], 1000, 250)
     assert overview_charts(summary_frame([]), tmp_path / "x") == []
+
+
+def test_overview_pages_stop_with_a_note_counting_the_files_left_out(tmp_path: Path) -> None:
+    """Thousands of files draw MAX_OVERVIEW_PAGES pages; the last one says how many files follow."""
+    from emotion_batch.output.charts import (
+        FILES_PER_OVERVIEW,
+        MAX_OVERVIEW_PAGES,
+        overview_charts,
+        overview_pages,
+    )
+
+    stats = file_stats(list(rows_for("a.jpg", tracks=1, samples=1).itertuples(index=False, name="Row")))
+    total = FILES_PER_OVERVIEW * MAX_OVERVIEW_PAGES + 7
+    summary = summary_frame([{"source": f"p{i:04d}.jpg", "status": "ok", **stats} for i in range(total)])
+    pages = overview_pages(summary)
+    assert [page for page, _, _ in pages] == list(range(1, MAX_OVERVIEW_PAGES + 1))
+    assert [more for _, _, more in pages] == [0] * (MAX_OVERVIEW_PAGES - 1) + [7]
+    assert sum(len(part) for _, part, _ in pages) + 7 == total
+    drawn = overview_charts(summary, tmp_path)
+    assert len(drawn) == MAX_OVERVIEW_PAGES
+    assert_real_png(drawn[-1], 1000, 250)
+    short = overview_pages(summary.iloc[: FILES_PER_OVERVIEW + 1])
+    assert [more for _, _, more in short] == [0, 0]

@@ -127,3 +127,29 @@ def test_a_face_seen_once_is_in_the_rows_and_summary_not_in_the_per_person_outpu
     assert (charts / "passing.mp4.timeline.png").is_file()
     report = out.with_name("r_report.html").read_text()
     assert "track 0" in report and "track 1" not in report and "track None" not in report
+
+
+def test_tables_of_an_incremental_run_equal_those_of_a_fresh_one(
+    mixed_folder: Path, astronaut_jpg: Path, cli_env: dict, model_args: list, tmp_path: Path
+) -> None:
+    """Files kept from earlier runs take their table rows from the tables the last run wrote; after files are
+    added, removed and a table is edited by hand, the tables are byte for byte those of one fresh run."""
+    inputs = tmp_path / "in"
+    shutil.copytree(mixed_folder, inputs)
+    (inputs / "clips" / "not_a_video.mp4").unlink()
+    out = tmp_path / "inc" / "r.csv"
+    args = ("--out", out, "--no-charts", "--no-report", "--bin", "1", *model_args)
+    assert run_cli(inputs, *args, env=cli_env).returncode == 0
+    shutil.copy(astronaut_jpg, inputs / "astronaut_again.jpg")  # added
+    (inputs / "rocket_no_face.png").unlink()  # removed
+    assert run_cli(inputs, *args, env=cli_env).returncode == 0
+    tracks = out.with_name("r_tracks.csv")
+    tracks.write_text(tracks.read_text().replace("clips/moving_face.mp4", "edited.mp4"))  # not to be trusted
+    shutil.copy(astronaut_jpg, inputs / "astronaut_third.jpg")
+    assert run_cli(inputs, *args, env=cli_env).returncode == 0
+    fresh = tmp_path / "fresh" / "r.csv"
+    assert run_cli(inputs, "--out", fresh, *args[2:], env=cli_env).returncode == 0
+    for name in ("r.csv", "r_timeline.csv", "r_tracks.csv"):
+        assert (out.parent / name).read_bytes() == (fresh.parent / name).read_bytes(), name
+    assert "edited.mp4" not in tracks.read_text()
+    assert set(pd.read_csv(tracks)["source"]) >= {"astronaut.jpg", "astronaut_again.jpg", "clips/moving_face.mp4"}

@@ -238,3 +238,19 @@ def test_thumbnails_of_an_image(tmp_path: Path) -> None:
 
 def test_dominant_emotion_ignores_missing_values() -> None:
     assert tl.dominant_emotion([pd.NA, None, 0.1, 0.2, math.nan, 0.0, 0.0]) == "happy"
+
+
+@pytest.mark.parametrize(
+    "means",
+    [
+        [0.1, 0.2, 0.3, 0.1, 0.1, 0.1, 0.1],
+        [0.3, 0.3, 0.1, 0.1, 0.1, 0.05, 0.05],  # a tie: the first in EMOTIONS order
+        [math.nan, 0.1, math.nan, 0.6, 0.3, 0.0, 0.0],
+        [math.nan] * 7,
+        [0.0] * 7,
+    ],
+)
+def test_dominant_emotions_of_an_array_follow_the_one_rule(means: list[float]) -> None:
+    from emotion_batch.schema import dominant_emotions
+
+    assert dominant_emotions([means, means]) == [tl.dominant_emotion(means)] * 2
