@@ -68,68 +68,35 @@ class Drawer:
 
 
 class TableParts:
-    """The timeline and track table parts of the files analysed in this run, by source, in memory.
+    """The timeline and track table rows of the files analysed in this run, in memory.
 
-    Building a file's parts costs milliseconds, so `commit` does it inline (`build`, or `build_many` for a burst
-    of small files): they are ready when the last result arrives and never wait behind a chart. Files kept from
-    earlier runs take their parts from the tables the last run wrote (`IncrementalRun._tables`), or, when those
-    cannot be trusted, from their shards.
+    Building them costs milliseconds, so `commit` does it inline, one pandas pass per burst of small files
+    (`add`): they are ready when the last result arrives and never wait behind a chart. The tables of a burst
+    are kept whole; `rows_of` picks the files the run's tables need. Files kept from earlier runs take their rows
+    from the tables the last run wrote (`IncrementalRun._tables`), or, when those cannot be trusted, from their
+    shards, through `add` too.
     """
 
     def __init__(self, bin_s: float) -> None:
         self.bin_s = float(bin_s)
-        self._parts: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        self._timelines: list[pd.DataFrame] = []
+        self._tracks: list[pd.DataFrame] = []
+        self._sources: set[str] = set()
 
     def __contains__(self, source: object) -> bool:
-        return source in self._parts
+        return source in self._sources
 
-    def build(
-        self, source: str, rows: pd.DataFrame, duration: float | None
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Build and keep one file's parts (`rows`: all of its rows; `duration`: its summary's `duration_s`)."""
-        from ..output import timeline as tables
-
-        durations = {source: duration} if duration is not None else None
-        return self.keep(
-            source, (tables.timeline_table(rows, self.bin_s, durations), tables.track_table(rows))
-        )
-
-    def build_many(
-        self, rows: pd.DataFrame, durations: dict[str, float | None]
-    ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-        """The parts of several files at once (`rows`: all their rows), by source: one pandas pass for a burst
-        of small files instead of one per file. Keep each with `keep`."""
+    def add(self, rows: pd.DataFrame, durations: dict[str, float | None]) -> None:
+        """Build and keep the table rows of the files `durations` names (source -> summary `duration_s`) from
+        `rows`, all of their rows (one file's, or a burst's)."""
         from ..output import timeline as tables
 
         known = {s: d for s, d in durations.items() if d is not None}
-        timeline, tracks = tables.timeline_table(rows, self.bin_s, known), tables.track_table(rows)
-        by_source = [_split_by_source(t) for t in (timeline, tracks)]
-        empty = (timeline.iloc[0:0], tracks.iloc[0:0])
-        return {
-            source: tuple(  # type: ignore[misc]
-                split.get(source, blank) for split, blank in zip(by_source, empty)
-            )
-            for source in durations
-        }
+        self._timelines.append(tables.timeline_table(rows, self.bin_s, known))
+        self._tracks.append(tables.track_table(rows))
+        self._sources.update(durations)
 
-    def keep(
-        self, source: str, parts: tuple[pd.DataFrame, pd.DataFrame]
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        self._parts[source] = parts
-        return parts
-
-    def get(
-        self, source: str, rows: Callable[[], pd.DataFrame], duration: float | None
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """One file's parts: from memory, else built from `rows()` (its shard)."""
-        found = self._parts.get(source)
-        return found if found is not None else self.build(source, rows(), duration)
-
-
-def _split_by_source(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """{source: its rows} of a table whose rows are grouped by source (as the table builders leave them)."""
-    sources = table["source"].astype(object).to_numpy()
-    if not len(sources):
-        return {}
-    starts = [0, *(i for i in range(1, len(sources)) if sources[i] != sources[i - 1]), len(sources)]
-    return {str(sources[a]): table.iloc[a:b].reset_index(drop=True) for a, b in zip(starts[:-1], starts[1:])}
+    def rows_of(self, sources: set[str]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+        """(timeline parts, track parts) holding the rows of `sources` among the files added."""
+        pick = lambda parts: [t[t["source"].astype(object).isin(sources)] for t in parts]  # noqa: E731
+        return pick(self._timelines), pick(self._tracks)

@@ -472,34 +472,25 @@ class IncrementalRun:
         if not pending:
             return
         ok = [r for r in pending if r.status == "ok" and r.records]
+        texts: dict[int, bytes] = {}
         try:
-            texts = dict(zip(map(id, ok), shard_texts([r.records for r in ok])))
-        except Exception:  # noqa: BLE001 - formatted one by one below, where a failure names its file
+            frame = rows_frame(itertools.chain.from_iterable(r.records for r in ok)) if ok else None
+            if frame is not None:
+                texts = dict(zip(map(id, ok), shard_texts([r.records for r in ok], frame)))
+                self.table_parts.add(frame, {r.source.source: _duration(r.summary) for r in ok})
+        except Exception:  # noqa: BLE001 - done one by one below, where a failure names its file
             texts = {}
-        try:
-            parts = self._burst_tables(ok)
-        except Exception:  # noqa: BLE001 - built one by one below, where a failure names its file
-            parts = {}
         records = []
         for result in pending:
             try:
-                records.append(self._prepare(result, texts.get(id(result)), parts.get(result.source.source)))
+                records.append(self._prepare(result, texts.get(id(result))))
             except (OutputError, StateError):
                 raise
             except Exception as exc:  # noqa: BLE001 - one file's commit never fails the run
                 records.append(self._failed_commit(result, exc))
         self.state.record_many(records)
 
-    def _burst_tables(self, results: list[FileResult]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-        """Timeline and track table parts of a burst of files, in one pandas pass (per file, pandas costs ~20 ms)."""
-        if not results:
-            return {}
-        rows = rows_frame(itertools.chain.from_iterable(r.records for r in results))
-        return self.table_parts.build_many(rows, {r.source.source: _duration(r.summary) for r in results})
-
-    def _prepare(
-        self, result: FileResult, text: bytes | None, parts: tuple[pd.DataFrame, pd.DataFrame] | None = None
-    ) -> FileRecord:
+    def _prepare(self, result: FileResult, text: bytes | None) -> FileRecord:
         """Write one file's shard and thumbnails and queue its chart; return the record that points to them."""
         source, identity = result.source, result.identity
         shard = shard_size = None
@@ -517,10 +508,8 @@ class IncrementalRun:
                     ) from exc
                 raise
             self._keep_pictures(shard, source.source, result.thumbnails)
-            if parts is None:
-                self.table_parts.build(source.source, result.rows, _duration(result.summary))
-            else:
-                self.table_parts.keep(source.source, parts)
+            if source.source not in self.table_parts:
+                self.table_parts.add(result.rows, {source.source: _duration(result.summary)})
             if (
                 result.summary.get("media_type") == "video"
             ):  # only videos get charts: rows built only for them
@@ -726,26 +715,24 @@ class IncrementalRun:
             str(s): _duration({"duration_s": d}) for s, d in zip(table["source"], table["duration_s"])
         }
         previous, built_from = self._previous_tables()
+        shards: dict[str, str] = {}  # source -> shard, of the files whose rows the tables hold
         reused: set[str] = set()
-        timelines, tracks = [], []
-        shards: dict[str, str] = {}
         for source in table["source"]:
             rec = records.get(source)
             if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
                 continue
             shards[source] = rec.shard
-            if source not in self.table_parts and built_from.get(source) == _short(rec.shard):
-                reused.add(source)
+            if source in self.table_parts:
                 continue
-            read = functools.partial(self.shards.read, rec.shard)
-            timeline, track = self.table_parts.get(source, read, durations.get(str(source)))
-            timelines.append(timeline)
-            tracks.append(track)
+            if built_from.get(source) == _short(rec.shard):
+                reused.add(source)
+            else:
+                self.table_parts.add(self.shards.read(rec.shard), {source: durations.get(str(source))})
+        fresh = {s for s in shards if s not in reused}
         order = {source: k for k, source in enumerate(table["source"])}
         out = []
-        for kept, parts, columns in zip(
-            previous, (timelines, tracks), (tables.TIMELINE_COLUMNS, tables.TRACK_COLUMNS)
-        ):
+        new_parts = self.table_parts.rows_of(fresh)
+        for kept, parts, columns in zip(previous, new_parts, (tables.TIMELINE_COLUMNS, tables.TRACK_COLUMNS)):
             if reused and kept is not None:
                 parts = [kept[kept["source"].astype(object).isin(reused)], *parts]
             whole = tables.concat(parts, columns)

@@ -85,8 +85,9 @@ class ShardStore:
         return removed
 
 
-def shard_texts(files: Sequence[Sequence[Sequence[Any]]]) -> list[bytes]:
-    """The shard bytes of several files' rows (`Row`s or tuples in ROW_COLUMNS order), from one DataFrame.
+def shard_texts(files: Sequence[Sequence[Sequence[Any]]], frame: pd.DataFrame | None = None) -> list[bytes]:
+    """The shard bytes of several files' rows (`Row`s or tuples in ROW_COLUMNS order), from one DataFrame
+    (`frame`: `rows_frame` of all their rows, when the caller has it already).
 
     Byte-identical to `csv_text` of each file's own frame (every value is formatted on its own), at a fraction of
     the cost for many small files. A source name with a line break makes CSV lines and rows differ; then each
@@ -96,7 +97,7 @@ def shard_texts(files: Sequence[Sequence[Sequence[Any]]]) -> list[bytes]:
     flat = [row for rows in files for row in rows]
     if not flat:
         return [header.encode("utf-8") for _ in files]
-    lines = csv_text(rows_frame(flat), header=False).split("\n")
+    lines = csv_text(rows_frame(flat) if frame is None else frame, header=False).split("\n")
     if len(lines) != len(flat) + 1:
         return [csv_text(rows_frame(rows)).encode("utf-8") for rows in files]
     out, start = [], 0
