@@ -86,7 +86,9 @@ def test_timeline_chart(tmp_path: Path) -> None:
     assert_real_png(path, 1000, 450)
 
 
-def test_timeline_chart_titles_every_track_and_shows_faces(tmp_path: Path) -> None:
+def test_timeline_chart_titles_every_track_and_shows_faces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A track with a gap reads its real range (not nan-nan); tracks beyond the panels are named in a note."""
     import pandas as pd
     from PIL import Image
@@ -98,24 +100,19 @@ def test_timeline_chart_titles_every_track_and_shows_faces(tmp_path: Path) -> No
     rows = rows[~((rows["track_id"] >= 8) & (rows["timestamp_s"] > 3))]  # four short tracks
     face = tmp_path / "face.jpg"
     cv2.imwrite(str(face), np.full((64, 64, 3), (0, 0, 255), np.uint8))
-    titles: list[str] = []
-    notes: list[str] = []
-    original = charts.Figure if hasattr(charts, "Figure") else None
-    assert original is None  # the figure is built inside timeline_chart: read its texts back from the PNG's figure
-    from matplotlib.figure import Figure
+    texts: list[str] = []
+    saved = charts._save_png
 
-    saved = Figure.savefig
+    def spy(fig, path):  # noqa: ANN001 - read the texts back from the figure the PNG is made of
+        from matplotlib.text import Text
 
-    def spy(fig, *args, **kwargs):  # noqa: ANN001
-        titles.extend(ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left"))
-        notes.extend(t.get_text() for t in fig.texts)
-        return saved(fig, *args, **kwargs)
+        texts.extend(t.get_text() for t in fig.findobj(Text))
+        return saved(fig, path)
 
-    Figure.savefig = spy  # type: ignore[method-assign]
-    try:
-        path = charts.timeline_chart(pd.DataFrame(rows), "v.mp4", tmp_path / "t.png", pictures={0: face})
-    finally:
-        Figure.savefig = saved  # type: ignore[method-assign]
+    monkeypatch.setattr(charts, "_save_png", spy)
+    path = charts.timeline_chart(pd.DataFrame(rows), "v.mp4", tmp_path / "t.png", pictures={0: face})
+    titles = [t for t in texts if t.startswith("track ")]
+    notes = [t for t in texts if "more track" in t]
     assert path is not None and len(titles) == charts.MAX_TRACKS_PER_CHART
     assert not any("nan" in t for t in titles)
     track0 = next(t for t in titles if t.startswith("track 0:"))
