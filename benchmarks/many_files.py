@@ -32,17 +32,22 @@ from throughput import SHARED, YUNET_IN_SHARED
 FER = SHARED / "datasets" / "fer2013"
 
 
-def write_photos(folder: Path, count: int, size: int) -> int:
-    """`count` JPEG photos of `size` x `size` px, each a FER2013 face crop upscaled (cubic), in 20 sub-folders."""
+def write_photos(folder: Path, count: int, size: int, subfolders: int = 20) -> int:
+    """`count` JPEG photos of `size` x `size` px, each a FER2013 face crop upscaled (cubic), in `subfolders`
+    sub-folders. More photos than crops reuse the crops, mirrored and with one pixel set from the photo's number,
+    so that no two photos have the same content."""
     crops = sorted((FER / "test").glob("*/*.jpg"))
     if len(crops) < count:
         crops += sorted((FER / "train").glob("*/*.jpg"))
-    if len(crops) < count:
-        raise SystemExit(f"need {count} face crops under {FER}, found {len(crops)}")
-    for i, crop in enumerate(crops[:count]):
-        grey = cv2.imread(str(crop), cv2.IMREAD_GRAYSCALE)
+    if not crops:
+        raise SystemExit(f"no face crops under {FER}")
+    for i in range(count):
+        grey = cv2.imread(str(crops[i % len(crops)]), cv2.IMREAD_GRAYSCALE)
         big = cv2.resize(grey, (size, size), interpolation=cv2.INTER_CUBIC)
-        target = folder / f"set{i % 20:02d}" / f"face_{i:05d}.jpg"
+        if i >= len(crops):
+            big = cv2.flip(big, 1)
+            big[0, 0], big[0, 1] = i % 256, (i // 256) % 256
+        target = folder / f"set{i % subfolders:02d}" / f"face_{i:06d}.jpg"
         target.parent.mkdir(exist_ok=True)
         cv2.imwrite(str(target), cv2.cvtColor(big, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     return count
@@ -60,7 +65,9 @@ def timed_run(folder: Path, out: Path, workers: int, env: dict[str, str]) -> tup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
@@ -88,7 +95,9 @@ def main() -> None:
         faces = int(summary["faces"].fillna(0).sum())
         print(f"{args.files} photos of {args.size}x{args.size} px, {args.workers} worker(s), "
               f"{os.cpu_count()} CPU(s), load {os.getloadavg()[0]:.1f}")  # fmt: skip
-        print(f"first run: {first:.1f} s, {args.files / first:.0f} files/s (exit {code}; {ok} ok, {faces} faces)")
+        print(
+            f"first run: {first:.1f} s, {args.files / first:.0f} files/s (exit {code}; {ok} ok, {faces} faces)"
+        )
         print(f"rerun with nothing to do: {again:.2f} s")
     finally:
         if args.keep is None:

@@ -667,15 +667,9 @@ class IncrementalRun:
         previous = self.state.get_meta("derived") or {}
         if previous.get("key") == key and previous.get("stamps") == _stamps([*inputs, *outputs]):
             return
+        pages: dict[str, list[Any]] = {}
         if paths.charts is not None:
-            for stale in overviews:
-                stale.unlink(missing_ok=True)
-            if len(table):
-                for page, part, more in charts.overview_pages(table):
-                    target = paths.charts / charts.overview_filename(page)
-                    draw_atomically(
-                        functools.partial(charts.overview_chart, page=page, more=more), target, part
-                    )
+            pages = self._overviews(paths.charts, table, previous.get("pages") or {})
             overviews = sorted(paths.charts.glob("overview*.png"))
         timeline, tracks = self._tables(table, records)
         write_table(paths.timeline, timeline, timeline.iloc[:0])
@@ -701,7 +695,26 @@ class IncrementalRun:
             with atomic_path(paths.report) as pending:
                 pending.path.write_text(html, encoding="utf-8")
         outputs = [paths.timeline, paths.tracks, *overviews, *([paths.report] if paths.report else [])]
-        self.state.set_meta("derived", {"key": key, "stamps": _stamps([*inputs, *outputs])})
+        self.state.set_meta("derived", {"key": key, "stamps": _stamps([*inputs, *outputs]), "pages": pages})
+
+    def _overviews(
+        self, charts_dir: Path, table: pd.DataFrame, drawn: Mapping[str, Any]
+    ) -> dict[str, list[Any]]:
+        """Draw the overview pages whose files changed (a new file at the end of a big folder redraws only the
+        last page); remove pages no longer needed. `drawn`: {file name: [content digest, stat]} of the pages
+        drawn last time; returns the same for now."""
+        pages: dict[str, list[Any]] = {}
+        for page, part, more in charts.overview_pages(table) if len(table) else []:
+            target = charts_dir / charts.overview_filename(page)
+            values = part.astype(object).where(part.notna(), None).values.tolist()
+            content = hashlib.sha256(json.dumps([page, more, values], default=str).encode()).hexdigest()
+            if list(drawn.get(target.name) or []) != [content, _stat(target)]:
+                draw_atomically(functools.partial(charts.overview_chart, page=page, more=more), target, part)
+            pages[target.name] = [content, _stat(target)]
+        for stale in charts_dir.glob("overview*.png"):
+            if stale.name not in pages:
+                stale.unlink(missing_ok=True)
+        return pages
 
     def _tables(
         self, table: pd.DataFrame, records: dict[str, FileRecord]
@@ -717,6 +730,7 @@ class IncrementalRun:
         previous, built_from = self._previous_tables()
         shards: dict[str, str] = {}  # source -> shard, of the files whose rows the tables hold
         reused: set[str] = set()
+        rebuild: list[tuple[str, str]] = []
         for source in table["source"]:
             rec = records.get(source)
             if rec is None or not rec.shard or not self.shards.intact(rec.shard, rec.shard_size):
@@ -727,7 +741,11 @@ class IncrementalRun:
             if built_from.get(source) == _short(rec.shard):
                 reused.add(source)
             else:
-                self.table_parts.add(self.shards.read(rec.shard), {source: durations.get(str(source))})
+                rebuild.append((source, rec.shard))
+        for start in range(0, len(rebuild), BATCH_FILES):  # one pandas pass per batch of shards
+            batch = rebuild[start : start + BATCH_FILES]
+            rows = pd.concat([self.shards.read(shard) for _, shard in batch], ignore_index=True)
+            self.table_parts.add(rows, {source: durations.get(str(source)) for source, _ in batch})
         fresh = {s for s in shards if s not in reused}
         order = {source: k for k, source in enumerate(table["source"])}
         out = []
@@ -748,7 +766,7 @@ class IncrementalRun:
         paths = (self.paths.timeline, self.paths.tracks)
         if (
             meta.get("bin_s") != self.paths.bin_s
-            or meta.get("stamps") != _stamps(list(paths))
+            or meta.get("stamps") != [_stat(path) for path in paths]
             or any(path.suffix.lower() in PARQUET_SUFFIXES for path in paths)
         ):
             return (None, None), {}
@@ -767,7 +785,11 @@ class IncrementalRun:
         paths = [self.paths.timeline, self.paths.tracks]
         self.state.set_meta(
             "tables",
-            {"bin_s": self.paths.bin_s, "stamps": _stamps(paths), "built_from": self._tables_built_from},
+            {
+                "bin_s": self.paths.bin_s,
+                "stamps": [_stat(p) for p in paths],
+                "built_from": self._tables_built_from,
+            },
         )
 
     def _metadata(self) -> dict[str, Any]:

@@ -152,4 +152,38 @@ def test_tables_of_an_incremental_run_equal_those_of_a_fresh_one(
     for name in ("r.csv", "r_timeline.csv", "r_tracks.csv"):
         assert (out.parent / name).read_bytes() == (fresh.parent / name).read_bytes(), name
     assert "edited.mp4" not in tracks.read_text()
-    assert set(pd.read_csv(tracks)["source"]) >= {"astronaut.jpg", "astronaut_again.jpg", "clips/moving_face.mp4"}
+    assert set(pd.read_csv(tracks)["source"]) >= {
+        "astronaut.jpg",
+        "astronaut_again.jpg",
+        "clips/moving_face.mp4",
+    }
+
+
+def test_only_the_overview_pages_that_changed_are_redrawn(
+    cli_env: dict, model_args: list, tmp_path: Path
+) -> None:
+    """A new file that sorts last changes only the last overview page; a deleted page is drawn again."""
+    import cv2
+
+    from emotion_batch.output.charts import FILES_PER_OVERVIEW
+
+    from .media_factory import no_face_bgr
+
+    small = cv2.resize(no_face_bgr(), (48, 64))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(FILES_PER_OVERVIEW + 3):
+        cv2.imwrite(str(inputs / f"a_{i:03d}.png"), small)
+    out = tmp_path / "r.csv"
+    args = ("--out", out, "--no-report", *model_args)
+    assert run_cli(inputs, *args, env=cli_env).returncode == 0
+    charts = tmp_path / "r_charts"
+    first, second = charts / "overview.png", charts / "overview-2.png"
+    before = {p.name: p.stat().st_mtime_ns for p in (first, second)}
+    cv2.imwrite(str(inputs / "z_new.png"), small)
+    assert run_cli(inputs, *args, env=cli_env).returncode == 0
+    assert first.stat().st_mtime_ns == before["overview.png"]  # its 60 files did not change
+    assert second.stat().st_mtime_ns != before["overview-2.png"]  # it lists the new file
+    first.unlink()
+    assert run_cli(inputs, *args, env=cli_env).returncode == 0
+    assert first.is_file() and second.stat().st_size > 0
