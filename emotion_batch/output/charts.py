@@ -105,7 +105,6 @@ def timeline_chart(
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.image import BboxImage
-    from matplotlib.ticker import FixedLocator
     from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory, offset_copy
 
     faces = rows[(rows["n_faces"] > 0) & rows["track_id"].notna()]
@@ -133,12 +132,11 @@ def timeline_chart(
     xmax = max(duration, float(faces["timestamp_s"].max()), 1e-3)
     ax.set_xlim(0, xmax)
     ax.set_ylim(0, bases[0] + 1)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    # matplotlib's own ticks on (0, xmax), but no Axis draws them: tick marks and frames are one collection, tick
+    # labels plain texts (an Axis makes artists per tick and measures them all again to place its label).
     ticks = [float(x) for x in ax.xaxis.get_majorticklocs() if -1e-9 <= x <= xmax * (1 + 1e-9)]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))  # the ticks the panels' grids and tick marks use
-    ax.set_yticks([])  # each panel's y ticks are drawn with its frame, and their labels as plain texts
-    ax.tick_params(labelsize=8)
+    tick_labels = ax.xaxis.get_major_formatter().format_ticks(ticks)
+    ax.set_axis_off()
 
     levels = (0.0, 0.5, 1.0)
     lines: list[list[np.ndarray]] = [[] for _ in EMOTIONS]
@@ -150,18 +148,22 @@ def timeline_chart(
     titles = offset_copy(by_panel, fig=fig, y=6, units="points")
     y_labels = offset_copy(by_panel, fig=fig, x=-7, units="points")
     face_in = (0.1 * (width - left - right), panel_in)
+    # One pass over the rows (numpy, not a pandas selection per track): sorted by track, then time.
+    ids = faces["track_id"].to_numpy(dtype=float)
+    all_times = faces["timestamp_s"].to_numpy(dtype=float)
+    order = np.lexsort((all_times, ids))
+    ids, all_times = ids[order], all_times[order]
+    all_probs = faces[list(EMOTIONS)].to_numpy(dtype=float)[order]
     for base, track in zip(bases, tracks):
-        track_rows = faces[faces["track_id"] == track].sort_values("timestamp_s")
-        times = track_rows["timestamp_s"].to_numpy(dtype=float)
-        probs = track_rows[list(EMOTIONS)].to_numpy(dtype=float)
+        first, last = np.searchsorted(ids, track, side="left"), np.searchsorted(ids, track, side="right")
+        times, probs = all_times[first:last], all_probs[first:last]
         smoothed = smooth(times, probs, window)
         # Lines are broken where the track was out of view for longer than the smoothing window.
         pieces = np.split(np.arange(len(times)), np.flatnonzero(np.diff(times) > window) + 1)
         for k in range(len(EMOTIONS)):
             lines[k].extend(np.column_stack([times[p], base + smoothed[p, k]]) for p in pieces)
         frames.append([(0, base), (xmax, base), (xmax, base + 1), (0, base + 1), (0, base)])
-        if base > 0:  # the x axis draws the bottom panel's tick marks
-            frames.extend([(x, base), (x, base - tick_y)] for x in ticks)
+        frames.extend([(x, base), (x, base - tick_y)] for x in ticks)
         frames.extend([(0, base + v), (-tick_x, base + v)] for v in levels)
         for v in levels:
             ax.text(0, base + v, f"{v:.1f}", transform=y_labels, fontsize=8, ha="right", va="center_baseline")
@@ -182,11 +184,21 @@ def timeline_chart(
         picture = BboxImage(TransformedBbox(where, ax.transAxes), interpolation="antialiased")
         picture.set_data(face)
         fig.add_artist(picture)
-    ax.add_collection(LineCollection(grid, colors="#b0b0b0", linewidths=0.8, alpha=0.3, zorder=1.5))
+    ax.add_collection(
+        LineCollection(grid, colors="#b0b0b0", linewidths=0.8, alpha=0.3, zorder=1.5), autolim=False
+    )
     for k, emotion in enumerate(EMOTIONS):
-        ax.add_collection(LineCollection(lines[k], colors=EMOTION_COLOURS[emotion], linewidths=1.6, zorder=2))
-    ax.add_collection(LineCollection(frames, colors="black", linewidths=0.8, zorder=2.5, clip_on=False))
-    ax.set_xlabel("time (s)", fontsize=9)
+        ax.add_collection(
+            LineCollection(lines[k], colors=EMOTION_COLOURS[emotion], linewidths=1.6, zorder=2), autolim=False
+        )
+    ax.add_collection(
+        LineCollection(frames, colors="black", linewidths=0.8, zorder=2.5, clip_on=False), autolim=False
+    )
+    below = offset_copy(blended_transform_factory(ax.transData, ax.transAxes), fig=fig, y=-7, units="points")
+    for x, label in zip(ticks, tick_labels):
+        ax.text(x, 0, label, transform=below, fontsize=8, ha="center", va="top")
+    ax.text(0.5, 0, "time (s)", transform=offset_copy(ax.transAxes, fig=fig, y=-20, units="points"), fontsize=9,
+            ha="center", va="top")  # fmt: skip
     fig.suptitle(
         f"{title} - emotion over time (smoothed over {window:.1f} s)", fontsize=11, x=0.02, ha="left"
     )
@@ -279,8 +291,9 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     """Stacked horizontal bars: the mean emotion mix of each file, and the reason where a file has none.
 
     `more`: files after these that no chart draws, said in a note under the bars."""
-    from matplotlib.collections import PolyCollection
+    from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory, offset_copy
 
     records = summary.to_dict("records")
     reasons = [_status(r) for r in records]
@@ -314,7 +327,8 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
             if w > 0
         ]
         ax.add_collection(
-            PolyCollection(verts, facecolors=EMOTION_COLOURS[emotion], edgecolors="none", label=emotion)
+            PolyCollection(verts, facecolors=EMOTION_COLOURS[emotion], edgecolors="none", label=emotion),
+            autolim=False,
         )
         for yi, (x0, w) in enumerate(zip(start, mix[:, k])):
             if w >= 0.08:
@@ -324,11 +338,27 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
         if reason is not None:
             colour = "#a11" if reason.startswith("error") else "#5b6672"
             ax.text(0.01, yi, reason, ha="left", va="center", fontsize=8.5, color=colour, style="italic")
-    ax.set_yticks(y, labels, fontsize=8.5)
-    ax.set_ylim(len(labels) - 0.5, -0.5)  # first file on top, no empty margin
+    bottom_y = len(labels) - 0.5
+    ax.set_ylim(bottom_y, -0.5)  # first file on top, no empty margin
     ax.set_xlim(0, 1)
-    ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    ax.set_xlabel("share of mean emotion probability over all detected faces", fontsize=9)
+    # The frame, ticks and labels by hand, as in timeline_chart: one collection and plain texts, no Axis.
+    ax.set_axis_off()
+    tick_x, tick_y = 3.5 / 72 / (width - left - 1.2), 3.5 / 72 / row_h
+    shares = [i / 5 for i in range(6)]
+    marks: list[list[tuple[float, float]]] = [
+        [(0, bottom_y), (1, bottom_y), (1, -0.5), (0, -0.5), (0, bottom_y)]
+    ]
+    marks += [[(x, bottom_y), (x, bottom_y + tick_y)] for x in shares]
+    marks += [[(0, float(yi)), (-tick_x, float(yi))] for yi in y]
+    ax.add_collection(LineCollection(marks, colors="black", linewidths=0.8, clip_on=False), autolim=False)
+    names = offset_copy(blended_transform_factory(ax.transAxes, ax.transData), fig=fig, x=-7, units="points")
+    for row, label in enumerate(labels):
+        ax.text(0, row, label, transform=names, fontsize=8.5, ha="right", va="center_baseline")
+    below = offset_copy(blended_transform_factory(ax.transData, ax.transAxes), fig=fig, y=-7, units="points")
+    for x in shares:
+        ax.text(x, 0, f"{x:.0%}", transform=below, fontsize=10, ha="center", va="top")
+    ax.text(0.5, 0, "share of mean emotion probability over all detected faces", fontsize=9, ha="center",
+            va="top", transform=offset_copy(ax.transAxes, fig=fig, y=-23, units="points"))  # fmt: skip
     if more:
         fig.text(
             left / width, 0.12 / height, f"{more:,} more file{'s' if more != 1 else ''} not drawn here: every file "
