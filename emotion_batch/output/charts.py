@@ -6,8 +6,10 @@ in the parent process as each file's rows arrive, without keeping every file's r
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,13 +101,13 @@ def timeline_chart(
 
     Drawing is what a chart costs, and this one is drawn in the parent while the workers analyse, so it is drawn
     with few artists: the panels are bands of one axes (one x axis, not one per panel), each emotion is one line
-    collection across all panels, the frames, tick marks and grid are one collection each, and the faces are
-    images on the figure.
+    collection across all panels, the frames, tick marks and grid are one collection each, the faces are images on
+    the figure, and the texts are drawn by Pillow (`_Label`).
     """
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.image import BboxImage
-    from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory, offset_copy
+    from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory
 
     faces = rows[(rows["n_faces"] > 0) & rows["track_id"].notna()]
     if faces.empty:
@@ -145,8 +147,11 @@ def timeline_chart(
     # Tick marks of matplotlib's default length (3.5 points), outside each panel's frame, in data units.
     tick_y, tick_x = 3.5 / 72 * units_per_in, 3.5 / 72 * xmax / (width - left - right)
     by_panel = blended_transform_factory(ax.transAxes, ax.transData)
-    titles = offset_copy(by_panel, fig=fig, y=6, units="points")
-    y_labels = offset_copy(by_panel, fig=fig, x=-7, units="points")
+    labels: list[_Label] = []  # the texts, drawn by Pillow over the rendered figure (see _Label)
+
+    def y_in(value: float) -> float:  # a y value, in inches from the figure's bottom
+        return bottom + value / units_per_in
+
     face_in = (0.1 * (width - left - right), panel_in)
     # One pass over the rows (numpy, not a pandas selection per track): sorted by track, then time.
     ids = faces["track_id"].to_numpy(dtype=float)
@@ -165,17 +170,18 @@ def timeline_chart(
         frames.append([(0, base), (xmax, base), (xmax, base + 1), (0, base + 1), (0, base)])
         frames.extend([(x, base), (x, base - tick_y)] for x in ticks)
         frames.extend([(0, base + v), (-tick_x, base + v)] for v in levels)
-        for v in levels:
-            ax.text(0, base + v, f"{v:.1f}", transform=y_labels, fontsize=8, ha="right", va="center_baseline")
+        labels.extend(_Label(left - 7 / 72, y_in(base + v), f"{v:.1f}", 8, "rm") for v in levels)
         grid.extend([(0, base + v), (xmax, base + v)] for v in levels)
         grid.extend([(x, base), (x, base + 1)] for x in ticks)
         dominant = dominant_emotion(probs.mean(axis=0).tolist())
-        ax.text(
-            0, base + 1, f"track {track}: {len(times)} samples, {times.min():.1f}-{times.max():.1f} s, mostly "
-            f"{dominant}", transform=titles, fontsize=9.5, ha="left", va="baseline",
-        )  # fmt: skip
+        text = (
+            f"track {track}: {len(times)} samples, {times.min():.1f}-{times.max():.1f} s, mostly {dominant}"
+        )
+        labels.append(_Label(left, y_in(base + 1) + 6 / 72, text, 9.5))
         face = _picture(pictures.get(track))
-        if face is None:  # no face to show who this track is: say what the axis is instead
+        if (
+            face is None
+        ):  # no face to show who this track is: say what the axis is instead (rotated: matplotlib)
             ax.text(-0.07, base + 0.5, "probability", transform=by_panel, fontsize=8, rotation=90, ha="center",
                     va="center")  # fmt: skip
             continue
@@ -194,28 +200,26 @@ def timeline_chart(
     ax.add_collection(
         LineCollection(frames, colors="black", linewidths=0.8, zorder=2.5, clip_on=False), autolim=False
     )
-    below = offset_copy(blended_transform_factory(ax.transData, ax.transAxes), fig=fig, y=-7, units="points")
-    for x, label in zip(ticks, tick_labels):
-        ax.text(x, 0, label, transform=below, fontsize=8, ha="center", va="top")
-    ax.text(0.5, 0, "time (s)", transform=offset_copy(ax.transAxes, fig=fig, y=-20, units="points"), fontsize=9,
-            ha="center", va="top")  # fmt: skip
-    fig.suptitle(
-        f"{title} - emotion over time (smoothed over {window:.1f} s)", fontsize=11, x=0.02, ha="left"
+    axes_w = width - left - right
+    labels.extend(
+        _Label(left + x / xmax * axes_w, bottom - 7 / 72, text, 8, "mt")
+        for x, text in zip(ticks, tick_labels)
     )
-    _legend(fig, top, linewidth=1.6)
+    labels.append(_Label(left + axes_w / 2, bottom - 20 / 72, "time (s)", 9, "mt"))
+    suptitle = f"{title} - emotion over time (smoothed over {window:.1f} s)"
+    labels.append(_Label(0.02 * width, 0.98 * height, suptitle, 11, "lt"))
+    labels.extend(_legend(fig, top, linewidth=1.6))
     if len(hidden):
         names = ", ".join(str(int(t)) for t in sorted(hidden)[:30]) + (" ..." if len(hidden) > 30 else "")
-        fig.text(
-            0.02, 0.1 / height, f"{len(hidden)} more track(s) with fewer samples, not drawn: {names} "
-            "(see the report and the tracks CSV)", fontsize=8.5, color="#a11",
-        )  # fmt: skip
-    return _save_png(fig, path)
+        note = f"{len(hidden)} more track(s) with fewer samples, not drawn: {names} (see the report and the tracks CSV)"
+        labels.append(_Label(0.02 * width, 0.1, note, 8.5, colour="#a11"))
+    return _save_png(fig, path, labels)
 
 
-def _legend(fig: Figure, top_in: float, linewidth: float) -> None:
+def _legend(fig: Figure, top_in: float, linewidth: float) -> list[_Label]:
     """The emotions' colours, top right under `top_in` inches of margin, as `fig.legend(loc="upper right",
-    frameon=False)` places them, drawn as one line collection and seven texts (a Legend lays its entries out in
-    offset boxes, several times the cost of drawing them)."""
+    frameon=False)` places them: one line collection, and the seven labels returned (a Legend lays its entries
+    out in offset boxes, several times the cost of drawing them)."""
     from matplotlib.collections import LineCollection
     from matplotlib.transforms import Affine2D
 
@@ -233,21 +237,61 @@ def _legend(fig: Figure, top_in: float, linewidth: float) -> None:
             transform=to_figure,
         )
     )
-    for emotion, y in zip(EMOTIONS, rows):
-        fig.text(-49, y, emotion, transform=to_figure, fontsize=10, ha="left", va="center")
+    return [
+        _Label((width_pt - 49) / 72, (height_pt + y) / 72 - top_in, e, 10, "lm")
+        for e, y in zip(EMOTIONS, rows)
+    ]
 
 
-def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render `fig` on the Agg canvas and write it as an RGB PNG (the figure is opaque: no alpha channel to encode,
-    a quarter less data than `savefig`'s RGBA for the same picture)."""
+@dataclass(frozen=True)
+class _Label:
+    """A text of a chart, drawn by Pillow on the rendered figure: matplotlib lays out and rasterises a text anew
+    for every draw (about 5 ms for a panel title, most of a chart's cost), Pillow draws the same glyphs of the same
+    font about 15 times faster.
+
+    `x`, `y`: inches from the figure's bottom left; `size`: points; `anchor`: Pillow's text anchor ("ls": left
+    baseline, "rm": right middle, "mt": middle top, ...)."""
+
+    x: float
+    y: float
+    text: str
+    size: float
+    anchor: str = "ls"
+    colour: str = "black"
+    italic: bool = False
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size_px: float, italic: bool) -> Any:
+    """matplotlib's default font (its sans-serif, italic or not) as a Pillow font `size_px` pixels high, loaded
+    once per size."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    path = font_manager.findfont(font_manager.FontProperties(style="italic" if italic else "normal"))
+    try:
+        return ImageFont.truetype(path, size_px)
+    except TypeError:  # Pillow before 10.1 takes whole pixel sizes
+        return ImageFont.truetype(path, round(size_px))
+
+
+def _save_png(fig: Figure, path: str | os.PathLike[str], labels: Sequence[_Label] = ()) -> Path:
+    """Render `fig` on the Agg canvas, draw `labels` over it and write an RGB PNG (the figure is opaque: no alpha
+    channel to encode, a quarter less data than `savefig`'s RGBA for the same picture)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+    image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    draw = ImageDraw.Draw(image)
+    dpi, height = fig.dpi, image.height
+    for label in labels:
+        font = _font(label.size * dpi / 72, label.italic)
+        xy = (label.x * dpi, height - label.y * dpi)
+        draw.text(xy, label.text, fill=label.colour, font=font, anchor=label.anchor)
     out = Path(path)
-    Image.fromarray(pixels).save(out, format="PNG", dpi=(fig.dpi, fig.dpi), **_PNG)
+    image.save(out, format="PNG", dpi=(dpi, dpi), **_PNG)
     return out
 
 
@@ -293,7 +337,6 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     `more`: files after these that no chart draws, said in a note under the bars."""
     from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.figure import Figure
-    from matplotlib.transforms import blended_transform_factory, offset_copy
 
     records = summary.to_dict("records")
     reasons = [_status(r) for r in records]
@@ -320,6 +363,18 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     ax = fig.subplots()
     y = np.arange(len(labels))
     start = np.zeros(len(labels))
+    n_rows = max(1, len(labels))
+    axes_w = width - left - 1.2
+    texts: list[_Label] = []
+
+    def x_in(share: float) -> float:  # inches from the figure's left
+        return left + share * axes_w
+
+    def y_in(
+        row: float,
+    ) -> float:  # a row's middle, in inches from the figure's bottom (the first row on top)
+        return bottom + (n_rows - 0.5 - row) * row_h
+
     for k, emotion in enumerate(EMOTIONS):  # one collection of bars per emotion: 7 artists, not one per bar
         verts = [
             ((x0, yi - 0.35), (x0 + w, yi - 0.35), (x0 + w, yi + 0.35), (x0, yi + 0.35))
@@ -332,12 +387,12 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
         )
         for yi, (x0, w) in enumerate(zip(start, mix[:, k])):
             if w >= 0.08:
-                ax.text(x0 + w / 2, yi, f"{w:.0%}", ha="center", va="center", fontsize=8)
+                texts.append(_Label(x_in(x0 + w / 2), y_in(yi), f"{w:.0%}", 8, "mm"))
         start += mix[:, k]
     for yi, reason in enumerate(reasons):
         if reason is not None:
             colour = "#a11" if reason.startswith("error") else "#5b6672"
-            ax.text(0.01, yi, reason, ha="left", va="center", fontsize=8.5, color=colour, style="italic")
+            texts.append(_Label(x_in(0.01), y_in(yi), reason, 8.5, "lm", colour, italic=True))
     bottom_y = len(labels) - 0.5
     ax.set_ylim(bottom_y, -0.5)  # first file on top, no empty margin
     ax.set_xlim(0, 1)
@@ -351,20 +406,17 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     marks += [[(x, bottom_y), (x, bottom_y + tick_y)] for x in shares]
     marks += [[(0, float(yi)), (-tick_x, float(yi))] for yi in y]
     ax.add_collection(LineCollection(marks, colors="black", linewidths=0.8, clip_on=False), autolim=False)
-    names = offset_copy(blended_transform_factory(ax.transAxes, ax.transData), fig=fig, x=-7, units="points")
-    for row, label in enumerate(labels):
-        ax.text(0, row, label, transform=names, fontsize=8.5, ha="right", va="center_baseline")
-    below = offset_copy(blended_transform_factory(ax.transData, ax.transAxes), fig=fig, y=-7, units="points")
-    for x in shares:
-        ax.text(x, 0, f"{x:.0%}", transform=below, fontsize=10, ha="center", va="top")
-    ax.text(0.5, 0, "share of mean emotion probability over all detected faces", fontsize=9, ha="center",
-            va="top", transform=offset_copy(ax.transAxes, fig=fig, y=-23, units="points"))  # fmt: skip
+    texts.extend(_Label(left - 7 / 72, y_in(row), str(label), 8.5, "rm") for row, label in enumerate(labels))
+    texts.extend(_Label(x_in(x), bottom - 7 / 72, f"{x:.0%}", 10, "mt") for x in shares)
+    xlabel = "share of mean emotion probability over all detected faces"
+    texts.append(_Label(x_in(0.5), bottom - 23 / 72, xlabel, 9, "mt"))
     if more:
-        fig.text(
-            left / width, 0.12 / height, f"{more:,} more file{'s' if more != 1 else ''} not drawn here: every file "
-            "is in the summary CSV and in the report's file table", fontsize=9, color="#5b6672", style="italic",
-        )  # fmt: skip
+        note = (
+            f"{more:,} more file{'s' if more != 1 else ''} not drawn here: every file is in the summary CSV and in "
+            "the report's file table"
+        )
+        texts.append(_Label(left, 0.12, note, 9, colour="#5b6672", italic=True))
     numbered = f" (page {page})" if page > 1 else ""
-    ax.set_title(f"Emotion mix per file{numbered}", fontsize=12, loc="left", y=1.0)
-    _legend(fig, top, linewidth=7.0)
-    return _save_png(fig, path)
+    texts.append(_Label(left, height - top + 6 / 72, f"Emotion mix per file{numbered}", 12))
+    texts.extend(_legend(fig, top, linewidth=7.0))
+    return _save_png(fig, path, texts)

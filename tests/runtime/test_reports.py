@@ -103,11 +103,12 @@ def test_timeline_chart_titles_every_track_and_shows_faces(
     texts: list[str] = []
     saved = charts._save_png
 
-    def spy(fig, path):  # noqa: ANN001 - read the texts back from the figure the PNG is made of
+    def spy(fig, path, labels=()):  # noqa: ANN001 - the texts of the PNG: its figure's and those drawn over it
         from matplotlib.text import Text
 
         texts.extend(t.get_text() for t in fig.findobj(Text))
-        return saved(fig, path)
+        texts.extend(label.text for label in labels)
+        return saved(fig, path, labels)
 
     monkeypatch.setattr(charts, "_save_png", spy)
     path = charts.timeline_chart(pd.DataFrame(rows), "v.mp4", tmp_path / "t.png", pictures={0: face})
