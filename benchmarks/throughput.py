@@ -13,7 +13,8 @@ This script times, over the same files and with the same number of processes:
 
 3. the whole command as users run it (`emotion-batch FOLDER --out ...`: charts, thumbnails, tables and report on),
    each run into a fresh output folder, alternating with the same command with `--no-charts --no-report`, so
-   the cost of what people read is the overhead of the one over the other (median of the paired ratios);
+   the cost of what people read is the overhead of the one over the other (median of the paired ratios), and
+   the CPU of the command's own process (where the charts and the report are drawn) in each mode;
 
 and reports video-seconds per wall-second (real-time factor), sampled frames/s, faces/s, the ratio of the two
 wall times (the median over repeats of each back-to-back pair), CPU seconds, and peak RSS of the whole process
@@ -27,7 +28,7 @@ Usage:
     python benchmarks/throughput.py DIR --fps 5 --workers 1
     python benchmarks/throughput.py --every 1 --size 640x360   # every-frame mode on the 640x360 videos
     python benchmarks/throughput.py --repeat 3          # median of 3 timings of each
-    python benchmarks/throughput.py /work/shared/media --repeat 3 --command-only   # the outputs' overhead only
+    python benchmarks/throughput.py ../shared/media/videos --repeat 8 --command-only   # the outputs' overhead only
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -193,11 +195,12 @@ def time_pipeline(folder: Path, options, names: set[str]) -> tuple[float, float,
 
 
 # --- the whole command ------------------------------------------------------------------------------------------
-def time_command(folder: Path, args: argparse.Namespace, outputs: bool, scratch: Path) -> float:
-    """Wall seconds of one `emotion-batch FOLDER --out <fresh folder>/results.csv` (with charts and report, or
-    with `--no-charts --no-report`), from the command's start to its exit, interpreter start included."""
+def time_command(folder: Path, args: argparse.Namespace, outputs: bool, scratch: Path) -> tuple[float, float]:
+    """(wall s, CPU s of the command's own process) of one `emotion-batch FOLDER --out <fresh folder>/results.csv`
+    (with charts and report, or with `--no-charts --no-report`), from the command's start to its exit, interpreter
+    start included. The CPU is the parent's alone (its threads: the drawer and the run driver), not the workers'
+    (they are the fork server's children): what the outputs cost, less noisy on a shared machine than wall time."""
     import subprocess
-    import tempfile
 
     with tempfile.TemporaryDirectory(dir=scratch) as out:
         command = [sys.executable, "-m", "emotion_batch", str(folder), "--out", f"{out}/results.csv"]
@@ -209,32 +212,40 @@ def time_command(folder: Path, args: argparse.Namespace, outputs: bool, scratch:
             command += ["--model", str(args.model)]
         if not outputs:
             command += ["--no-charts", "--no-report"]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
-        wall = time.perf_counter() - started
-    if done.returncode not in (0, 1):  # 1: some file failed, as on a folder with a broken file
-        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return wall
+        with tempfile.TemporaryFile() as stderr:
+            started = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)  # noqa: S603
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - started
+            process.returncode = os.waitstatus_to_exitcode(status)
+            stderr.seek(0)
+            errors = stderr.read().decode(errors="replace")
+    if process.returncode not in (0, 1):  # 1: some file failed, as on a folder with a broken file
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{errors[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def command_overhead(folder: Path, args: argparse.Namespace, pipeline_wall: float | None) -> None:
     """Time the command with and without charts and report, alternating, and print the overhead."""
-    import tempfile
-
     scratch = Path(tempfile.gettempdir())
-    full, bare = [], []
+    full: list[tuple[float, float]] = []
+    bare: list[tuple[float, float]] = []
     for i in range(args.repeat):  # alternate, and swap which goes first, so a drifting load hits both alike
         for outputs in (True, False) if i % 2 == 0 else (False, True):
             (full if outputs else bare).append(time_command(folder, args, outputs, scratch))
-    paired = sorted(f / b - 1 for f, b in zip(full, bare))
-    print(f"  command     : {statistics.median(full):6.2f} s wall with charts and report "
-          f"({min(full):.2f}-{max(full):.2f}), {statistics.median(bare):6.2f} s with --no-charts --no-report "
-          f"({min(bare):.2f}-{max(bare):.2f})")  # fmt: skip
+    walls_full, walls_bare = [w for w, _ in full], [w for w, _ in bare]
+    print(f"  command     : {statistics.median(walls_full):6.2f} s wall with charts and report "
+          f"({min(walls_full):.2f}-{max(walls_full):.2f}), {statistics.median(walls_bare):6.2f} s with --no-charts "
+          f"--no-report ({min(walls_bare):.2f}-{max(walls_bare):.2f})")  # fmt: skip
     if pipeline_wall:
         print(f"                the pipeline alone (above): {pipeline_wall:.2f} s")
+    paired = sorted(f / b - 1 for f, b in zip(walls_full, walls_bare))
     spread = f" (paired runs {paired[0]:+.0%} to {paired[-1]:+.0%})" if len(paired) > 1 else ""
     print(f"  overhead    : charts and report add {statistics.median(paired):+.1%} wall, median of "
           f"{len(paired)} pair(s){spread}")  # fmt: skip
+    cpu_full, cpu_bare = statistics.median(c for _, c in full), statistics.median(c for _, c in bare)
+    print(f"  parent CPU  : {cpu_full:.2f} s with charts and report, {cpu_bare:.2f} s without: "
+          f"{cpu_full - cpu_bare:+.2f} s (medians; the command's own process, not its workers)")  # fmt: skip
 
 
 # --- recall -------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,10 +262,11 @@ class _Label:
     italic: bool = False
 
 
-@functools.lru_cache(maxsize=32)
-def _font(size_px: float, italic: bool) -> Any:
+@functools.lru_cache(maxsize=64)
+def _font(size_px: float, italic: bool, thread: int) -> Any:
     """matplotlib's default font (its sans-serif, italic or not) as a Pillow font `size_px` pixels high, loaded
-    once per size."""
+    once per size and thread (a FreeType face is not to be used by two threads at once; matplotlib caches its own
+    fonts per thread for the same reason)."""
     from matplotlib import font_manager
     from PIL import ImageFont
 
@@ -287,7 +289,7 @@ def _save_png(fig: Figure, path: str | os.PathLike[str], labels: Sequence[_Label
     draw = ImageDraw.Draw(image)
     dpi, height = fig.dpi, image.height
     for label in labels:
-        font = _font(label.size * dpi / 72, label.italic)
+        font = _font(label.size * dpi / 72, label.italic, threading.get_ident())
         xy = (label.x * dpi, height - label.y * dpi)
         draw.text(xy, label.text, fill=label.colour, font=font, anchor=label.anchor)
     out = Path(path)
