@@ -6,6 +6,7 @@
     emotion-train ensemble RUN_DIR RUN_DIR... --out D  average exported runs inside one ONNX graph
     emotion-train quantize SRC_DIR --out D --calibration DIR   an int8 copy, checked against the float model
     emotion-train smooth SRC_DIR --out D --val DIR     input smoothing in the graph, sigma chosen on --val
+    emotion-train half SRC_DIR --out D [--val DIR]     float16 weight storage, float32 arithmetic, checked
 """
 
 from __future__ import annotations
@@ -310,6 +311,36 @@ def smooth_command(src_dir: Path, out_dir: Path, sigmas: tuple[float, ...], val_
     click.echo(f"kept sigma {section['sigma']:.2f}; parity: max |graph - reference| = "
                f"{section['parity']['max_abs_diff']:.2e} on {section['parity']['images']} images")
     _print_result(out_dir, results)
+
+
+@main.command("half")
+@click.argument("src_dir", type=_FOLDER)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the model.onnx with float16 weights and its model.json.")
+@click.option("--val", "val_dir", type=_FOLDER, help="Images to compare the two models on (else random ones).")
+@click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
+@click.option("-v", "--verbose", is_flag=True)
+def half_command(src_dir: Path, out_dir: Path, val_dir: Path | None, val_pattern: str | None,
+                 verbose: bool) -> None:
+    """Store SRC_DIR's float32 weights as float16 (half the file; the arithmetic stays float32)."""
+    from .half import HalfError, halve_model
+
+    if out_dir.resolve() == src_dir.resolve():
+        raise click.BadParameter("writing over the source; choose a new folder", param_hint="--out")
+    _setup_logging(None, verbose)
+    try:
+        section = halve_model(src_dir, out_dir, _split(val_dir, val_pattern, "val"),
+                              command=["emotion-train", *sys.argv[1:]])
+    except HalfError as exc:
+        _fail(exc)
+    check, speed = section["agreement"], section["ms_per_face"]
+    click.echo(f"{section['weights_converted']} weights as float16: {section['source']['size_bytes']} -> "
+               f"{section['size_bytes']} bytes; max |diff| {check['max_abs_diff']:.2e}, argmax agreement "
+               f"{check['argmax_agreement']:.4f} on {check['images']} images")
+    click.echo(f"ms per face (batch 1, one thread): float32 weights {speed['float32']:.2f}, "
+               f"float16 weights {speed['float16']:.2f}")
+    for kind, acc in section.get("val_accuracy", {}).items():
+        click.echo(f"val accuracy with {kind} weights: {acc:.4f}")
 
 
 @main.command("quantize")
