@@ -316,6 +316,7 @@ class IncrementalRun:
         self.table_parts = TableParts(paths.bin_s)
         self._queued: set[str] = set()  # sources whose chart and subtitles this run has queued already
         self._tables_built_from: dict[str, str] = {}
+        self._records: dict[str, FileRecord] | None = None  # the store's records as `plan` read them
 
     # 1. settings ----------------------------------------------------------------------------------------------
     def check_settings(self, force: bool) -> None:
@@ -367,7 +368,7 @@ class IncrementalRun:
         return False
 
     def plan(self) -> Plan:
-        records = self.state.records()
+        records = self._records = self.state.records()
         plan = Plan()
         for source in self.job.sources:
             if source.skip_reason:
@@ -489,6 +490,7 @@ class IncrementalRun:
             except Exception as exc:  # noqa: BLE001 - one file's commit never fails the run
                 records.append(self._failed_commit(result, exc))
         self.state.record_many(records)
+        self._records = None  # the store changed: `finish` reads it again
 
     def _prepare(self, result: FileResult, text: bytes | None) -> FileRecord:
         """Write one file's shard and thumbnails and queue its chart; return the record that points to them."""
@@ -551,23 +553,30 @@ class IncrementalRun:
             if self.paths.charts is not None:
                 thumbnails.save_jpeg(self.paths.charts / name, data)
 
-    def _pictures(self, shard: str, source: str) -> dict[tuple[object, int], Path]:
+    def _pictures(
+        self, shard: str, source: str, present: set[str] | None = None
+    ) -> dict[tuple[object, int], Path]:
         """{(shot, track): thumbnail in the charts folder} of one file, copied there from the state folder when
-        missing (a new or cleaned charts folder)."""
+        missing (a new or cleaned charts folder). `present`: the charts folder's file names, when the caller
+        has listed it once for many files (updated with the copies made)."""
         if self.paths.charts is None:
             return {}
+        try:
+            names = sorted(os.listdir(self._picture_dir(shard)))
+        except OSError:  # no thumbnails kept for this file
+            return {}
         found: dict[tuple[object, int], Path] = {}
-        folder = self._picture_dir(shard)
         prefix = thumbnails.thumbnail_filename(source, 0, 0).rsplit(".shot-", 1)[0]
-        for kept in sorted(folder.glob("*.jpg")) if folder.is_dir() else []:
-            match = (
-                _PICTURE_NAME.fullmatch(kept.name[len(prefix) :]) if kept.name.startswith(prefix) else None
-            )
+        for name in names:
+            match = _PICTURE_NAME.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
             if match is None:
                 continue
-            target = self.paths.charts / kept.name
-            if not target.exists():
-                thumbnails.save_jpeg(target, kept.read_bytes())
+            target = self.paths.charts / name
+            missing = name not in present if present is not None else not target.exists()
+            if missing:
+                thumbnails.save_jpeg(target, (self._picture_dir(shard) / name).read_bytes())
+                if present is not None:
+                    present.add(name)
             found[(int(match["shot"]), int(match["track"]))] = target
         return found
 
@@ -595,7 +604,9 @@ class IncrementalRun:
         Each output is rewritten only when what it is made of changed (or it is missing): a rerun with nothing
         new rewrites nothing."""
         self.flush()
-        records = self.state.records()
+        records = (
+            self._records if self._records is not None else self.state.records()
+        )  # read once if nothing new
         summaries: list[Mapping[str, Any]] = []
         shards: list[str] = []
         rows = 0
@@ -648,10 +659,13 @@ class IncrementalRun:
         """The overview, the timeline and track tables and the report: rebuilt only when their inputs changed."""
         paths = self.paths
         pictures: dict[str, dict[tuple[object, int], Path]] = {}
+        present = (
+            set(os.listdir(paths.charts)) if paths.charts is not None and paths.charts.is_dir() else set()
+        )
         for source in table["source"]:
             rec = records.get(source)
             if rec is not None and rec.shard and rec.status == "ok":
-                pictures[source] = self._pictures(rec.shard, source)
+                pictures[source] = self._pictures(rec.shard, source, present)
         timelines = {}
         if paths.charts is not None:
             for source, media in zip(table["source"], table["media_type"]):
@@ -877,7 +891,15 @@ def _stat(path: Path) -> list[int] | None:
 
 
 def _stamps(paths: list[Path]) -> dict[str, list[int] | None]:
-    return {str(p): _stat(p) for p in paths}
+    stamps: dict[str, list[int] | None] = {}
+    for path in map(str, paths):  # os.stat on strings: 100,000 thumbnails on a rerun
+        try:
+            info = os.stat(path)
+        except OSError:
+            stamps[path] = None
+        else:
+            stamps[path] = [info.st_size, info.st_mtime_ns]
+    return stamps
 
 
 def draw_atomically(draw: Callable[..., Path | None], target: Path, data: Any, *args: Any) -> None:

@@ -187,3 +187,17 @@ def test_only_the_overview_pages_that_changed_are_redrawn(
     first.unlink()
     assert run_cli(inputs, *args, env=cli_env).returncode == 0
     assert first.is_file() and second.stat().st_size > 0
+
+
+def test_a_thumbnail_deleted_from_the_charts_folder_comes_back(
+    mixed_folder: Path, cli_env: dict, model_args: list, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.csv"
+    args = (mixed_folder, "--out", out, "--no-report", *model_args)
+    run_cli(*args, env=cli_env)
+    pictures = sorted((tmp_path / "r_charts").glob("*.jpg"))
+    assert pictures
+    kept = pictures[0].read_bytes()
+    pictures[0].unlink()
+    run_cli(*args, env=cli_env)
+    assert pictures[0].read_bytes() == kept
