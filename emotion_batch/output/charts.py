@@ -39,7 +39,7 @@ MAX_TRACKS_PER_CHART = 8
 #: Files per overview chart; more files continue in overview-2.png, overview-3.png, ...
 FILES_PER_OVERVIEW = 60
 #: Overview charts drawn at most (about 0.7 s each). The files after them are counted in a note on the last one;
-#: every file is in the summary CSV and in the report's file table.
+#: every file is in the summary CSV.
 MAX_OVERVIEW_PAGES = 5
 DPI = 100
 #: Space between two timeline panels, in panel heights.
@@ -414,8 +414,7 @@ def overview_chart(summary: pd.DataFrame, path: str | os.PathLike[str], page: in
     texts.append(_Label(x_in(0.5), bottom - 23 / 72, xlabel, 9, "mt"))
     if more:
         note = (
-            f"{more:,} more file{'s' if more != 1 else ''} not drawn here: every file is in the summary CSV and in "
-            "the report's file table"
+            f"{more:,} more file{'s' if more != 1 else ''} not drawn here: every file is in the summary CSV"
         )
         texts.append(_Label(left, 0.12, note, 9, colour="#5b6672", italic=True))
     numbered = f" (page {page})" if page > 1 else ""

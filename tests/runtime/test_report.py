@@ -168,3 +168,16 @@ def test_sections_are_capped_for_big_runs(real_run) -> None:
     text = rp.render_report(summary=summary, metadata=metadata, max_sections=1)
     assert text.count('<section class="video"') == 1
     assert "1 more videos not shown here" in text and "clips/pyfeat_single_face.mp4" in text
+
+
+def test_the_files_table_lists_every_error_and_counts_what_it_leaves_out(real_run) -> None:
+    _, summary, _, metadata, _ = real_run
+    ok = summary[summary["status"] == "ok"]
+    many = pd.concat([summary, *(ok.assign(source=ok["source"] + f".copy{i}") for i in range(3))], ignore_index=True)
+    text = rp.render_report(summary=many, metadata=metadata, max_table_files=len(ok))
+    files = text.split('<section id="files">', 1)[1].split("</section>", 1)[0]
+    assert f"{3 * len(ok):,} more analysed files are not listed here" in files
+    assert ".copy0" not in files
+    for source in summary.loc[summary["status"] != "ok", "source"]:
+        assert rp._e(source) in files  # every failed or skipped file is listed
+    assert "more analysed files" not in rp.render_report(summary=summary, metadata=metadata)
