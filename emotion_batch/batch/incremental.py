@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -349,13 +349,10 @@ class IncrementalRun:
             )
 
     # 2. plan ----------------------------------------------------------------------------------------------------
-    def _unchanged(self, source: Source, rec: FileRecord) -> bool:
+    def _unchanged(self, source: Source, rec: FileRecord, info: os.stat_result | None) -> bool:
+        """`info`: the file's stat now (None: it could not be taken)."""
         ident = rec.identity
-        if ident is None:
-            return False
-        try:
-            info = os.stat(source.path)
-        except OSError:
+        if ident is None or info is None:
             return False
         if info.st_size != ident.size:
             return False
@@ -383,11 +380,11 @@ class IncrementalRun:
                 reason = "failed before, retried"
             elif rec.path != os.fsencode(source.path):
                 reason = "moved"
-            elif self._unreadable_now(source):
+            elif (info := self._stat_now(source)) is False:
                 plan.kept += 1  # a transient problem (permissions, I/O): the earlier result stands
                 plan.unreadable += 1
                 continue
-            elif not self._unchanged(source, rec):
+            elif not self._unchanged(source, rec, info):
                 reason = "changed"
             elif rec.shard is not None and not self.shards.intact(rec.shard, rec.shard_size):
                 reason = "rows missing from the state folder"
@@ -401,21 +398,21 @@ class IncrementalRun:
         self.plan_made = plan
         return plan
 
-    def _unreadable_now(self, source: Source) -> bool:
-        """True (with a warning) when the file exists but cannot be looked at now (EACCES, EIO, ESTALE...)."""
+    def _stat_now(self, source: Source) -> os.stat_result | None | Literal[False]:
+        """The file's stat; None when it is gone (ENOENT and the like); False (with a warning) when it exists
+        but cannot be looked at now (EACCES, EIO, ESTALE...)."""
         try:
-            os.stat(source.path)
+            return os.stat(source.path)
         except OSError as exc:
             if exc.errno in GONE_ERRNOS:
-                return False
+                return None
             log.warning(
                 "%s: cannot look at the file now (%s); its earlier result is kept and it is checked again on the "
                 "next run",
                 source.source,
                 exc.strerror or exc,
             )
-            return True
-        return False
+            return False
 
     def _hold(self, plan: Plan, records: Mapping[str, FileRecord]) -> None:
         """Earlier results that stay in the outputs though this run did not list their files (see `Plan`)."""
