@@ -67,40 +67,32 @@ def emotion_batch_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "emotion_batch"]
 
 
+def timed(command: list[str], ok: tuple[int, ...] = (0, 1)) -> tuple[float, int, str]:
+    """(wall s, peak tree RSS bytes, stderr) of one command in a fresh process, with the shared detector; an exit
+    code outside `ok` (default 0, and 1: some files failed, which a big folder may have) is an error."""
+    env = dict(os.environ)
+    if "EMOTION_BATCH_DETECTOR_MODEL" not in env and YUNET_IN_SHARED.is_file():
+        env["EMOTION_BATCH_DETECTOR_MODEL"] = str(YUNET_IN_SHARED)
+    started = time.perf_counter()
+    done, peak = with_peak_rss(
+        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    )
+    wall = time.perf_counter() - started
+    if done.returncode not in ok:
+        raise RuntimeError(f"emotion-batch failed ({done.returncode}): {done.stderr[-2000:]}")
+    return wall, peak, done.stderr
+
+
 def analyse(video: Path, workdir: Path, args: argparse.Namespace) -> tuple[float, int, int]:
     """(wall s, peak tree RSS bytes, CSV rows) of one `emotion-batch` run on `video` in a fresh process."""
     out = workdir / f"{video.stem}.csv"
     command = [*emotion_batch_command(), str(video), "--out", str(out), "--fps", str(args.fps), "--quiet"]
     if args.workers:
         command += ["--workers", str(args.workers)]
-    env = dict(os.environ)
-    if "EMOTION_BATCH_DETECTOR_MODEL" not in env and YUNET_IN_SHARED.is_file():
-        env["EMOTION_BATCH_DETECTOR_MODEL"] = str(YUNET_IN_SHARED)
-    started = time.perf_counter()
-    done, peak = with_peak_rss(
-        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"emotion-batch failed ({done.returncode}): {done.stderr[-2000:]}")
+    wall, peak, _ = timed(command, ok=(0,))
     with open(out, encoding="utf-8") as fh:
         rows = sum(1 for _ in fh) - 1
     return wall, peak, rows
-
-
-def timed(command: list[str]) -> tuple[float, int, str]:
-    """(wall s, peak tree RSS bytes, stderr) of one command in a fresh process, with the shared detector."""
-    env = dict(os.environ)
-    if "EMOTION_BATCH_DETECTOR_MODEL" not in env and YUNET_IN_SHARED.is_file():
-        env["EMOTION_BATCH_DETECTOR_MODEL"] = str(YUNET_IN_SHARED)
-    started = time.perf_counter()
-    done, peak = with_peak_rss(
-        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    )
-    wall = time.perf_counter() - started
-    if done.returncode not in (0, 1):  # 1: some files failed, which a big folder may have
-        raise RuntimeError(f"emotion-batch failed ({done.returncode}): {done.stderr[-2000:]}")
-    return wall, peak, done.stderr
 
 
 def state_store(args: argparse.Namespace, workdir: Path) -> int:
