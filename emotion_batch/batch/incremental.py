@@ -41,10 +41,11 @@ from ..output.report import render_report, report_path
 from ..output.sinks import PARQUET_SUFFIXES, OutputError, write_table
 from ..output.timeline import DEFAULT_BIN_S, table_paths
 from ..schema import rows_frame, summary_frame
-from .drawing import Drawer, TableParts
+from .drawing import Drawer
 from .job import Job
 from .shards import ShardStore, assemble, shard_name, shard_texts
 from .state import FileRecord, StateError, StateStore, explain_change, fingerprint_of
+from .tables import TableParts
 
 log = logging.getLogger("emotion_batch")
 
@@ -315,7 +316,6 @@ class IncrementalRun:
         self.plan_made: Plan | None = None
         self.table_parts = TableParts(paths.bin_s)
         self._queued: set[str] = set()  # sources whose chart and subtitles this run has queued already
-        self._tables_built_from: dict[str, str] = {}
         self._records: dict[str, FileRecord] | None = None  # the store's records as `plan` read them
 
     # 1. settings ----------------------------------------------------------------------------------------------
@@ -682,10 +682,10 @@ class IncrementalRun:
         if paths.charts is not None:
             pages = self._overviews(paths.charts, table, previous.get("pages") or {})
             overviews = sorted(paths.charts.glob("overview*.png"))
-        timeline, tracks = self._tables(table, records)
+        timeline, tracks, built_from = self._tables(table, records)
         write_table(paths.timeline, timeline, timeline.iloc[:0])
         write_table(paths.tracks, tracks, tracks.iloc[:0])
-        self._remember_tables()
+        self._remember_tables(built_from)
         if paths.report is not None:
             overview = paths.charts / "overview.png" if paths.charts is not None else None
             html = render_report(
@@ -729,8 +729,9 @@ class IncrementalRun:
 
     def _tables(
         self, table: pd.DataFrame, records: dict[str, FileRecord]
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The timeline (bins of `bin_s`) and track tables of every file, in source order.
+    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+        """The timeline (bins of `bin_s`) and track tables of every file, in source order, and {source: short
+        shard name} of the files in them (for `_remember_tables`).
 
         Files analysed in this run bring the parts built as they committed. A file kept from earlier runs takes
         its rows from the tables the last run wrote when those are exactly as written and were built from the
@@ -767,8 +768,7 @@ class IncrementalRun:
             whole = tables.concat(parts, columns)
             position = whole["source"].astype(object).map(order).to_numpy()
             out.append(whole.iloc[np.argsort(position, kind="stable")].reset_index(drop=True))
-        self._tables_built_from = {source: _short(shard) for source, shard in shards.items()}
-        return out[0], out[1]
+        return out[0], out[1], {source: _short(shard) for source, shard in shards.items()}
 
     def _previous_tables(self) -> tuple[tuple[pd.DataFrame | None, pd.DataFrame | None], dict[str, str]]:
         """The timeline and track tables the last run wrote, with {source: short shard name} they were built from;
@@ -791,7 +791,7 @@ class IncrementalRun:
             return (None, None), {}
         return (found[0], found[1]), dict(meta.get("built_from") or {})
 
-    def _remember_tables(self) -> None:
+    def _remember_tables(self, built_from: dict[str, str]) -> None:
         """Note what the tables just written were built from, for the next run's `_previous_tables`."""
         paths = [self.paths.timeline, self.paths.tracks]
         self.state.set_meta(
@@ -799,7 +799,7 @@ class IncrementalRun:
             {
                 "bin_s": self.paths.bin_s,
                 "stamps": [_stat(p) for p in paths],
-                "built_from": self._tables_built_from,
+                "built_from": built_from,
             },
         )
 
@@ -879,24 +879,16 @@ def _short(shard: str) -> str:
     return hashlib.sha256(shard.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def _stat(path: Path) -> list[int] | None:
+def _stat(path: str | os.PathLike[str]) -> list[int] | None:
     try:
-        info = path.stat()
+        info = os.stat(path)  # not Path.stat(): a rerun stats 100,000 thumbnails
     except OSError:
         return None
     return [info.st_size, info.st_mtime_ns]
 
 
 def _stamps(paths: list[Path]) -> dict[str, list[int] | None]:
-    stamps: dict[str, list[int] | None] = {}
-    for path in map(str, paths):  # os.stat on strings: 100,000 thumbnails on a rerun
-        try:
-            info = os.stat(path)
-        except OSError:
-            stamps[path] = None
-        else:
-            stamps[path] = [info.st_size, info.st_mtime_ns]
-    return stamps
+    return {str(p): _stat(p) for p in paths}
 
 
 def draw_atomically(draw: Callable[..., Path | None], target: Path, data: Any, *args: Any) -> None:
