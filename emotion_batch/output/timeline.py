@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import sha256
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -88,13 +88,9 @@ def _aggregate(faces: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _frame(table: pd.DataFrame | list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    import pandas as pd
-
-    if isinstance(table, pd.DataFrame):
-        frame = table.reindex(columns=list(columns))
-    else:
-        frame = pd.DataFrame.from_records(table, columns=list(columns))
+def _frame(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`table`'s `columns`, in order, with the tables' dtypes."""
+    frame = table.reindex(columns=list(columns))
     dtypes = {"source": "string", "track_id": "Int64", "samples": "Int64", "dominant_emotion": "string"}
     try:
         return frame.astype({**dtypes, "shot": "Int64"})
@@ -186,7 +182,7 @@ def concat(tables: Iterable[pd.DataFrame], columns: Sequence[str]) -> pd.DataFra
     import pandas as pd
 
     parts = [t for t in tables if len(t)]
-    return pd.concat(parts, ignore_index=True) if parts else _frame([], columns)
+    return pd.concat(parts, ignore_index=True) if parts else _frame(pd.DataFrame(), columns)
 
 
 def safe_filename(source: str, suffix: str, max_bytes: int = MAX_NAME_BYTES) -> str:
