@@ -1,9 +1,9 @@
 """Charts off the critical path: one background thread in the parent draws them while the workers analyse.
 
 The parent mostly waits for results, so a chart drawn there as a file's result arrives costs the run little
-wall time, especially near the end, when the last files keep fewer workers than cores busy. matplotlib is
-imported in that thread as soon as the drawer starts, while the workers load their models. One thread only:
-matplotlib's object API is safe when a single thread draws. `wait()` returns once everything submitted is done;
+wall time, especially near the end, when the last files keep fewer workers than cores busy. Pillow is
+imported in that thread as soon as the drawer starts, while the workers load their models. One thread, so
+charts are drawn in the order they were submitted. `wait()` returns once everything submitted is done;
 a failed job is logged, never raised (a chart problem never fails a run).
 """
 
@@ -18,10 +18,7 @@ log = logging.getLogger("emotion_batch")
 
 
 def _warm_up() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.figure  # noqa: F401
+    from PIL import Image, ImageDraw, ImageFont, PngImagePlugin  # noqa: F401
 
 
 class Drawer:

@@ -50,7 +50,7 @@ from .tables import TableParts
 log = logging.getLogger("emotion_batch")
 
 STATE_SUFFIX = ".state"
-#: Charts are drawn into a temporary file with this suffix (matplotlib picks the format by extension).
+#: Charts are drawn into a temporary file with this suffix, then renamed into place.
 CHART_TEMP_SUFFIX = ".tmp.png"
 #: A burst of results is committed together: at most this many files, none waiting longer than this (seconds).
 BATCH_FILES = 64

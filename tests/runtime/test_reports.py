@@ -93,7 +93,7 @@ def test_timeline_chart_titles_every_track_and_shows_faces(
     import pandas as pd
     from PIL import Image
 
-    from emotion_batch.output import charts
+    from emotion_batch.output import charts, raster
 
     rows = rows_for("v.mp4", tracks=12, samples=40)
     rows = rows[~((rows["track_id"] == 0) & rows["timestamp_s"].between(5, 12))]  # a gap in track 0
@@ -101,16 +101,13 @@ def test_timeline_chart_titles_every_track_and_shows_faces(
     face = tmp_path / "face.jpg"
     cv2.imwrite(str(face), np.full((64, 64, 3), (0, 0, 255), np.uint8))
     texts: list[str] = []
-    saved = charts._save_png
+    saved = raster.Canvas.save
 
-    def spy(fig, path, labels=()):  # noqa: ANN001 - the texts of the PNG: its figure's and those drawn over it
-        from matplotlib.text import Text
+    def spy(canvas: raster.Canvas, path: Path) -> Path:  # the texts drawn on the PNG
+        texts.extend(t.text for t in canvas.texts)
+        return saved(canvas, path)
 
-        texts.extend(t.get_text() for t in fig.findobj(Text))
-        texts.extend(label.text for label in labels)
-        return saved(fig, path, labels)
-
-    monkeypatch.setattr(charts, "_save_png", spy)
+    monkeypatch.setattr(raster.Canvas, "save", spy)
     path = charts.timeline_chart(pd.DataFrame(rows), "v.mp4", tmp_path / "t.png", pictures={0: face})
     titles = [t for t in texts if t.startswith("track ")]
     notes = [t for t in texts if "more track" in t]
@@ -133,7 +130,9 @@ def test_overview_chart(tmp_path: Path) -> None:
     records = []
     for i, name in enumerate(["a.jpg", "b/c.mp4", "d.png"]):
         rows = rows_for(name, tracks=1 + i, samples=10, seed=i)
-        records.append({"source": name, "status": "ok", **file_stats(list(rows.itertuples(index=False, name="Row")))})
+        records.append(
+            {"source": name, "status": "ok", **file_stats(list(rows.itertuples(index=False, name="Row")))}
+        )
     records.append({"source": "bad.mp4", "status": "error", "error": "cannot open as a video"})
     path = overview_chart(summary_frame(records), tmp_path / "overview.png")
     assert_real_png(path, 1000, 250)
