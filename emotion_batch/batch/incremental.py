@@ -541,14 +541,15 @@ class IncrementalRun:
         return self.paths.pictures / Path(shard).stem
 
     def _keep_pictures(self, shard: str, source: str, pictures: Mapping[tuple[int, int], bytes]) -> None:
-        """The worker's thumbnails, into the state folder (kept with the shard) and the charts folder."""
+        """The worker's thumbnails, into the state folder (kept with the shard) and the charts folder (the same
+        files under a second name: `thumbnails.place`)."""
         folder = self._picture_dir(shard)
         folder.mkdir(parents=True, exist_ok=True)
         for (shot, track), data in pictures.items():
             name = thumbnails.thumbnail_filename(source, shot, track)
-            thumbnails.save_jpeg(folder / name, data)
+            kept = thumbnails.save_jpeg(folder / name, data)
             if self.paths.charts is not None:
-                thumbnails.save_jpeg(self.paths.charts / name, data)
+                thumbnails.place(kept, self.paths.charts / name)
 
     def _pictures(
         self, shard: str, source: str, present: set[str] | None = None
@@ -571,7 +572,7 @@ class IncrementalRun:
             target = self.paths.charts / name
             missing = name not in present if present is not None else not target.exists()
             if missing:
-                thumbnails.save_jpeg(target, (self._picture_dir(shard) / name).read_bytes())
+                thumbnails.place(self._picture_dir(shard) / name, target)
                 if present is not None:
                     present.add(name)
             found[(int(match["shot"]), int(match["track"]))] = target

@@ -8,6 +8,7 @@ frame. Box coordinates in the rows are in the decoded (upright) frame's pixels, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,29 @@ def save_jpeg(path: Path, data: bytes) -> Path:
     partial.write_bytes(data)
     os.replace(partial, path)
     return path
+
+
+def place(kept: Path, target: Path) -> Path:
+    """`target` made a second name of the JPEG `kept` (a hard link: on a slow file system creating a file costs
+    far more than naming one), replacing whatever is there; a plain atomic copy where a link is not possible
+    (another file system, or one without hard links). `kept` is only ever replaced, never rewritten in place,
+    so the two names never show a half-written picture."""
+    try:
+        os.link(kept, target)
+        return target
+    except FileExistsError:
+        partial = target.with_name(f".{target.name}.partial")
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        try:
+            os.link(kept, partial)
+            os.replace(partial, target)
+            return target
+        except OSError:
+            pass
+    except OSError:
+        pass
+    return save_jpeg(target, kept.read_bytes())
 
 
 def _decode(path: Path, picks: list[Pick], skip: bool):

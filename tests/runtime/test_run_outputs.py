@@ -53,6 +53,8 @@ def test_a_run_writes_tables_thumbnails_report_and_subtitles(
     thumbs = sorted(p.name for p in charts.glob("*.jpg"))
     assert len(thumbs) == len(tracks)  # one picture per person, video and photo
     assert "astronaut.jpg.shot-0.track-0.jpg" in thumbs
+    kept = {p.name: p.stat().st_ino for p in out.with_name("r.csv.state").glob("thumbnails/*/*.jpg")}
+    assert {n: (charts / n).stat().st_ino for n in thumbs} == kept  # the state's files, not copies of them
     vtt = charts / "clips__moving_face.mp4.emotions.vtt"
     assert parse_webvtt(vtt.read_text())
 

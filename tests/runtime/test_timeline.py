@@ -236,6 +236,35 @@ def test_thumbnails_of_an_image(tmp_path: Path) -> None:
     assert th.write_thumbnails(path, rows_frame([Row.no_face("p.png", 0, 0.0)]), tmp_path / "c") == {}
 
 
+def test_a_placed_thumbnail_is_a_second_name_of_the_kept_one(tmp_path: Path) -> None:
+    kept = th.save_jpeg(tmp_path / "kept.jpg", b"first picture")
+    target = tmp_path / "charts" / "t.jpg"
+    target.parent.mkdir()
+    assert th.place(kept, target) == target
+    assert target.read_bytes() == b"first picture" and target.stat().st_ino == kept.stat().st_ino
+    newer = th.save_jpeg(tmp_path / "kept.jpg", b"second picture")  # replaced, never rewritten in place
+    assert target.read_bytes() == b"first picture"
+    th.place(newer, target)  # replaces what is there
+    assert target.read_bytes() == b"second picture" and target.stat().st_nlink == 2
+    assert sorted(p.name for p in target.parent.iterdir()) == ["t.jpg"]  # no partial left
+
+
+def test_a_thumbnail_is_copied_where_it_cannot_be_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    def cross_device(src: object, dst: object) -> None:  # state and charts folders on two file systems
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    kept = th.save_jpeg(tmp_path / "kept.jpg", b"a picture")
+    (tmp_path / "t.jpg").write_bytes(b"old")
+    monkeypatch.setattr(os, "link", cross_device)
+    assert th.place(kept, tmp_path / "t.jpg").read_bytes() == b"a picture"
+    assert (tmp_path / "t.jpg").stat().st_ino != kept.stat().st_ino
+
+
 def test_dominant_emotion_ignores_missing_values() -> None:
     assert tl.dominant_emotion([pd.NA, None, 0.1, 0.2, math.nan, 0.0, 0.0]) == "happy"
 
