@@ -73,7 +73,7 @@ class PendingFile:
 def atomic_path(target: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> Iterator[PendingFile]:
     """A temporary file beside `target` that replaces it (fsynced, then renamed) when the block completes.
 
-    For writers that want a path (matplotlib, pyarrow). OSError propagates; the temporary file never stays.
+    For writers that want a path (the charts, pyarrow). OSError propagates; the temporary file never stays.
     """
     target = Path(target)
     fd, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=suffix, dir=target.parent)
