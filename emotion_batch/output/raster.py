@@ -104,6 +104,8 @@ class Canvas:
         top = round(self.pixels.shape[0] - (y + (h + size[1]) / 2))
         rows = slice(max(top, 0), min(top + size[1], self.pixels.shape[0]))
         cols = slice(max(left, 0), min(left + size[0], self.pixels.shape[1]))
+        if rows.start >= rows.stop or cols.start >= cols.stop:  # wholly outside the picture
+            return
         self.pixels[rows, cols] = fitted[
             rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
         ]

@@ -58,6 +58,15 @@ def test_lines_boxes_and_pictures_land_where_placed(tmp_path: Path) -> None:
     assert (image[0:20, 0:50] < 128).any()  # the text's dark pixels, top left
 
 
+def test_pictures_are_clipped_at_the_edges() -> None:
+    canvas = Canvas(1.0, 1.0, dpi=10)
+    face = np.zeros((20, 20, 3), np.uint8)
+    canvas.picture(face, (0.5, 0.5, 1.0, 1.0))  # the top right quarter of it falls inside
+    assert (canvas.pixels[:5, 5:] == 0).all() and (canvas.pixels[5:, :] == 255).all()
+    canvas.picture(face, (3.0, 3.0, 1.0, 1.0))  # wholly outside: nothing drawn, no error
+    assert (canvas.pixels[:, :5] == 255).all()
+
+
 def test_rotated_text_stands_upright(tmp_path: Path) -> None:
     canvas = Canvas(1.0, 2.0, dpi=100)
     canvas.text(Text(0.5, 1.0, "probability", 12, "mm", rotation=90))
