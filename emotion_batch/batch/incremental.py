@@ -559,8 +559,9 @@ class IncrementalRun:
         has listed it once for many files (updated with the copies made)."""
         if self.paths.charts is None:
             return {}
+        folder = self._picture_dir(shard)
         try:
-            names = sorted(os.listdir(self._picture_dir(shard)))
+            names = sorted(os.listdir(folder))
         except OSError:  # no thumbnails kept for this file
             return {}
         found: dict[tuple[object, int], Path] = {}
@@ -572,7 +573,7 @@ class IncrementalRun:
             target = self.paths.charts / name
             missing = name not in present if present is not None else not target.exists()
             if missing:
-                thumbnails.place(self._picture_dir(shard) / name, target)
+                thumbnails.place(folder / name, target)
                 if present is not None:
                     present.add(name)
             found[(int(match["shot"]), int(match["track"]))] = target
@@ -602,9 +603,8 @@ class IncrementalRun:
         Each output is rewritten only when what it is made of changed (or it is missing): a rerun with nothing
         new rewrites nothing."""
         self.flush()
-        records = (
-            self._records if self._records is not None else self.state.records()
-        )  # read once if nothing new
+        # The records `plan` read, when nothing was committed since; else the store's, read again.
+        records = self._records if self._records is not None else self.state.records()
         summaries: list[Mapping[str, Any]] = []
         shards: list[str] = []
         rows = 0

@@ -63,7 +63,7 @@ class Canvas:
     Draw lines and boxes in any order (later on top), add texts (drawn last, over everything) and `save`."""
 
     def __init__(self, width: float, height: float, dpi: int = 100) -> None:
-        self.width, self.height, self.dpi = width, height, dpi
+        self.dpi = dpi
         self.pixels = np.full((round(height * dpi), round(width * dpi), 3), 255, np.uint8)
         self.texts: list[Text] = []
 

@@ -77,9 +77,14 @@ def _save(path: Path, image: np.ndarray) -> Path:
     return save_jpeg(path, encode_jpeg(image))
 
 
+def _partial(path: Path) -> Path:
+    """The hidden name a picture is written under before it is renamed to `path`."""
+    return path.with_name(f".{path.name}.partial")
+
+
 def save_jpeg(path: Path, data: bytes) -> Path:
     """Write JPEG bytes (e.g. a worker's `FileResult.thumbnails`) atomically."""
-    partial = path.with_name(f".{path.name}.partial")
+    partial = _partial(path)
     partial.write_bytes(data)
     os.replace(partial, path)
     return path
@@ -94,7 +99,7 @@ def place(kept: Path, target: Path) -> Path:
         os.link(kept, target)
         return target
     except FileExistsError:
-        partial = target.with_name(f".{target.name}.partial")
+        partial = _partial(target)
         with contextlib.suppress(OSError):
             partial.unlink()
         try:
