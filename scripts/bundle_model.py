@@ -15,20 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from emotion_train.artifacts import install_file, write_json_atomic
+
 PLOTS = ("confusion_test.png", "confusion_val.png", "training_curves.png")
-
-
-def copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped files must be readable by everyone
-    os.replace(tmp, target)
 
 
 def benchmark_summary(result: dict) -> dict:
@@ -57,7 +48,7 @@ def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> di
         if "crop" in previous:
             card["crop"] = previous["crop"]
     models.mkdir(parents=True, exist_ok=True)
-    copy_atomic(run_dir / "model.onnx", models / "model.onnx")
+    install_file(run_dir / "model.onnx", models / "model.onnx")
     plots = {name: run_dir / "plots" / name for name in PLOTS}
     for i, member in enumerate(card.get("members", []), start=1):
         plots[f"training_curves_{i}.png"] = Path(member["run_dir"]) / "plots" / "training_curves.png"
@@ -66,10 +57,8 @@ def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> di
             stale.unlink()
     for name, source in plots.items():
         if source.exists():
-            copy_atomic(source, models / name)
-    tmp = previous_card.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, previous_card)
+            install_file(source, models / name)
+    write_json_atomic(previous_card, card)
     return card
 
 

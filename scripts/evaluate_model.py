@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from emotion_batch.schema import EMOTIONS
 from emotion_batch.vision.classification import Classifier, load_model_card
 from emotion_batch.vision.detection import create_detector, resolve_detector
-from emotion_batch.schema import EMOTIONS
 from emotion_train.generalisation import EyeDetector, classify_crops, ferplus_scores, load_split, robustness
 
 

@@ -76,7 +76,8 @@ def main() -> None:
     print(f"validation: {val.describe()} ({len(val)} images; {int(scored.sum())} with a FER+ majority)")
     print("| head | FER-2013 labels | FER+ majority |\n|---|---|---|")
     for row in rows:
-        print(f"| {row['head']} | {100 * row['fer2013_accuracy']:.2f}% | {100 * row['ferplus_majority_accuracy']:.2f}% |")
+        fer2013, fer_plus = 100 * row["fer2013_accuracy"], 100 * row["ferplus_majority_accuracy"]
+        print(f"| {row['head']} | {fer2013:.2f}% | {fer_plus:.2f}% |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

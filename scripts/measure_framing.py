@@ -47,8 +47,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emotion_batch.vision.classification import CropGeometry, crop_face
 from emotion_batch.defaults import DEFAULT_SCORE_THRESHOLD
+from emotion_batch.vision.classification import CropGeometry, crop_face
 from emotion_batch.vision.detection import Detection, YuNetDetector, locate_yunet, resolve_detector
 from emotion_batch.vision.fetch import YUNET_FILENAME
 

@@ -161,8 +161,8 @@ def main() -> None:
 def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, train_pattern, val_pattern,
                   test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
                   fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
-                  dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight, labels_csv, label_weight,
-                  init_from, tta, seed, resume, verbose) -> None:
+                  dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight,
+                  labels_csv, label_weight, init_from, tta, seed, resume, verbose) -> None:
     """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
@@ -192,7 +192,10 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                         labels=str(labels_csv.resolve()) if labels_csv else None,
                         label_weight=label_weight or 0.0,
                         init_from=str(init_from.resolve()) if init_from else None)
-    spec = lambda d, p: DataSpec(str(Path(d).resolve()), p) if d else None
+
+    def spec(folder: Path | None, pattern: str | None) -> DataSpec | None:
+        return DataSpec(str(Path(folder).resolve()), pattern) if folder else None
+
     config = RunConfig(train=train, data=spec(data_dir, train_pattern), val=spec(val_dir, val_pattern),
                        val_split=val_split, test=spec(test_dir, test_pattern), flip_tta=tta,
                        command=["emotion-train", *sys.argv[1:]])
@@ -396,7 +399,8 @@ def _print_result(run_dir: Path, results: dict) -> None:
     for name in ("val", "test"):
         if name in results:
             m = results[name]
-            click.echo(f"{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']}, {m['split']})")
+            click.echo(f"{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+                       f"(n={m['n']}, {m['split']})")
     click.echo(f"wrote {run_dir / 'model.onnx'} and {run_dir / 'model.json'}")
 
 

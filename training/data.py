@@ -11,12 +11,13 @@ import fnmatch
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from emotion_batch.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,7 @@ def _write_cache(path: Path, images, targets, files, skipped) -> None:
     """Write atomically, so an interrupted run never leaves a half-written cache behind."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(path, suffix=".tmp.npz") as handle:
             np.savez(
                 handle,
                 images=images,
@@ -229,7 +229,6 @@ def _write_cache(path: Path, images, targets, files, skipped) -> None:
                 files=np.asarray(files, dtype=str),
                 skipped=np.asarray(skipped, dtype=str).reshape(-1, 2),
             )
-        os.replace(tmp, path)
     except OSError as exc:  # a cache is an optimisation; never fail training over it
         log.warning("could not write dataset cache %s: %s", path, exc)
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from emotion_batch.digest import sha256_file
+from emotion_batch.files import atomic_path
 
 from .artifacts import write_json_atomic
 from .evaluate import card_metrics
@@ -211,20 +210,13 @@ def write_ensemble(members: Sequence[Path], out: Path, check_images: np.ndarray,
     member_probs = np.stack([onnx_probabilities(m, check_images) for m in members]).astype(np.float64)
     expected = np.tensordot(np.asarray(weights), member_probs, axes=1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, suffix=".tmp.onnx")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        onnx.save(combined, str(tmp))
-        got = onnx_probabilities(tmp, check_images)
+    with atomic_path(out, suffix=".tmp.onnx") as pending:  # replaces `out` only if the block completes
+        onnx.save(combined, str(pending.path))
+        got = onnx_probabilities(pending.path, check_images)
         max_diff = float(np.max(np.abs(got - expected)))
         if not max_diff <= PARITY_TOLERANCE:
             raise EnsembleError(f"{out}: the combined graph differs from the members' weighted mean by "
                                 f"{max_diff:.3e} > {PARITY_TOLERANCE}; nothing written")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model to ship must be readable by everyone
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("wrote %s: %d members, max |ensemble - weighted mean| = %.2e on %d images",
              out, len(members), max_diff, len(check_images))
     return {

@@ -26,9 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emotion_batch.schema import EMOTIONS
 from emotion_batch.vision.classification import Classifier, crop_face
 from emotion_batch.vision.detection import Detection, Detector
-from emotion_batch.schema import EMOTIONS
 
 from .labels import Votes, read_votes
 

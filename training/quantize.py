@@ -201,7 +201,7 @@ def time_per_face(models: dict[str, Path], image: np.ndarray, runs: int = TIMING
                 for name, path in models.items()}
     feed = np.asarray(image, dtype=np.float32)[None]
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for name, session in sessions.items():  # warm-up: allocations and caches
+    for session in sessions.values():  # warm-up: allocations and caches
         for _ in range(min(20, runs)):
             session.run(None, {session.get_inputs()[0].name: feed})
     order = list(sessions)

@@ -68,7 +68,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        spec = lambda d: DataSpec(**d) if d else None
+        def spec(d: dict | None) -> DataSpec | None:
+            return DataSpec(**d) if d else None
+
         return cls(
             train=TrainConfig.from_dict(data["train"]),
             data=DataSpec(**data["data"]),

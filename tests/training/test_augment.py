@@ -84,7 +84,10 @@ def test_low_resolution_removes_fine_detail():
     sharp = rng.integers(0, 256, size=(48, 48), dtype=np.uint8)
     cfg = AugmentConfig(**{**NOTHING.to_dict(), "low_resolution": 1.0, "low_resolution_px": (20, 24)})
     small = augment_image(sharp, rng, cfg)
-    energy = lambda im: float(np.abs(cv2.Laplacian(im.astype(np.float32), cv2.CV_32F)).mean())
+
+    def energy(im: np.ndarray) -> float:
+        return float(np.abs(cv2.Laplacian(im.astype(np.float32), cv2.CV_32F)).mean())
+
     assert energy(small) < 0.5 * energy(sharp)
 
 

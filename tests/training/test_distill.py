@@ -9,11 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from emotion_batch.digest import sha256_file
 from emotion_train.cli import main
 from emotion_train.data import DatasetError, load_folder
 from emotion_train.distill import CACHE_NAME, blend_targets, cached_teacher_probabilities, run_teacher
-
-from emotion_batch.digest import sha256_file
 
 from .conftest import CLASSES, SIZE, make_dataset, run_env, train_command
 

@@ -12,15 +12,15 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from emotion_batch.digest import sha256_file
+from emotion_batch.schema import EMOTIONS
+from emotion_batch.vision.classification import Classifier, load_model_card
+from emotion_batch.vision.detection import Detection
 from emotion_train import ensemble
 from emotion_train.cli import main
 from emotion_train.export import onnx_probabilities
-from onnx import TensorProto, helper, numpy_helper
-
-from emotion_batch.vision.classification import Classifier, load_model_card
-from emotion_batch.vision.detection import Detection
-from emotion_batch.digest import sha256_file
-from emotion_batch.schema import EMOTIONS
 
 from .conftest import run_env
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from emotion_train.cli import main
 from emotion_train.data import DatasetError, load_folder, stratified_split
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from emotion_train import export
 from emotion_train.model import ModelConfig, build_classifier
 

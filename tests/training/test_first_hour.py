@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
+
 from emotion_train.cli import main
 
 from .conftest import run_env, train_command

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 from click.testing import CliRunner
+from onnx import TensorProto
+
 from emotion_train import half
 from emotion_train.cli import main
 from emotion_train.export import onnx_probabilities
-from onnx import TensorProto
 
 from .test_quantize import make_model
 

@@ -15,7 +15,8 @@ from emotion_train.labels import read_votes, soft_targets
 from .conftest import CLASSES, run_env, train_command
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
-FERPLUS_HEADER = "path,usage,fer2013_label,ferplus_images,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FERPLUS_HEADER = ("path,usage,fer2013_label,ferplus_images,"
+                  "neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF")
 
 
 def write_csv(path, header, rows):

@@ -12,15 +12,15 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from emotion_batch.digest import sha256_file
+from emotion_batch.schema import EMOTIONS
+from emotion_batch.vision.classification import Classifier, load_model_card
+from emotion_batch.vision.detection import Detection
 from emotion_train import quantize
 from emotion_train.cli import main
 from emotion_train.export import onnx_probabilities
-from onnx import TensorProto, helper, numpy_helper
-
-from emotion_batch.vision.classification import Classifier, load_model_card
-from emotion_batch.vision.detection import Detection
-from emotion_batch.digest import sha256_file
-from emotion_batch.schema import EMOTIONS
 
 from .conftest import run_env
 
@@ -185,7 +185,8 @@ def test_int8_model_is_qdq_smaller_and_agrees(tmp_path, branches):
 ])
 def test_accuracy_drop_check(float_acc, int8_acc, max_drop, ok):
     if ok:
-        assert quantize.check_accuracy_drop(float_acc, int8_acc, max_drop) == pytest.approx(100 * (float_acc - int8_acc))
+        drop = quantize.check_accuracy_drop(float_acc, int8_acc, max_drop)
+        assert drop == pytest.approx(100 * (float_acc - int8_acc))
     else:
         with pytest.raises(quantize.QuantizeError, match="nothing written"):
             quantize.check_accuracy_drop(float_acc, int8_acc, max_drop)

@@ -9,6 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+
+from emotion_batch.digest import sha256_file
+from emotion_batch.vision.classification import Classifier, load_model_card
 from emotion_train import quantize
 from emotion_train.cli import main
 from emotion_train.export import onnx_probabilities
@@ -21,9 +24,6 @@ from emotion_train.smoothing import (
     reference_smooth,
     smoothing_matrix,
 )
-
-from emotion_batch.vision.classification import Classifier, load_model_card
-from emotion_batch.digest import sha256_file
 
 from .test_quantize import images, make_faces, make_model
 
