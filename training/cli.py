@@ -21,7 +21,7 @@ import click
 
 from emotion_batch.cli import DefaultGroup
 
-from .config import BACKBONES, ModelConfig
+from .config import BACKBONES, SCRATCH_BACKBONES, ModelConfig
 from .data import DatasetError
 
 log = logging.getLogger("emotion_train")
@@ -109,7 +109,8 @@ def main() -> None:
 @click.option("--train-pattern", help="Only DATA_DIR files whose name matches this glob.")
 @click.option("--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*').")
 @click.option("--test-pattern", help="Only --test files whose name matches this glob (e.g. 'PrivateTest_*').")
-@click.option("--backbone", type=click.Choice(BACKBONES), default="mobilenetv2", show_default=True)
+@click.option("--backbone", type=click.Choice(BACKBONES), default="mobilenetv2", show_default=True,
+              help="A Keras MobileNet, or cnn3: a small from-scratch CNN (a baseline; quick experiments).")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Backbone width multiplier.")
 @click.option("--input-size", type=click.IntRange(32, 512), default=96, show_default=True,
               help="Resolution the backbone sees (upsampled inside the graph).")
@@ -167,10 +168,13 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
 
-    _setup_logging(run_dir / "train.log", verbose)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise click.BadParameter(f"{weights}: no such weights file", param_hint="--weights")
     weights = weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
+    if backbone in SCRATCH_BACKBONES and weights != "none":
+        raise click.BadParameter(
+            f"--backbone {backbone} has no pretrained weights; it trains from scratch (--weights none)",
+            param_hint="--weights")
     if teacher_weight is not None and teacher is None:
         raise click.BadParameter("only applies with --teacher", param_hint="--teacher-weight")
     fine_tune_epochs = epochs - (0 if weights == "none" else min(head_epochs, epochs))
@@ -181,6 +185,7 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
             "--warmup-epochs", param_hint="--epochs")
     if label_weight is not None and labels_csv is None:
         raise click.BadParameter("only applies with --labels", param_hint="--label-weight")
+    _setup_logging(run_dir / "train.log", verbose)  # after the usage checks: a refused command leaves no folder
     model = ModelConfig(backbone=backbone, alpha=alpha, image_size=image_size, input_size=input_size,
                         weights=weights, dropout=dropout, l2=l2, bn_momentum=bn_momentum)
     train = TrainConfig(model=model, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,

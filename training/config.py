@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKBONES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large")
+BACKBONES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large", "cnn3")
+#: Backbones with no pretrained weights: trained from scratch only (``--weights none``).
+SCRATCH_BACKBONES = ("cnn3",)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ def real_images(tmp_path_factory) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "backbone, flip_tta",
-    [("mobilenetv3small", False), ("mobilenetv3small", True), ("mobilenetv2", False), ("mobilenet", True)],
+    [("mobilenetv3small", False), ("mobilenetv3small", True), ("mobilenetv2", False), ("mobilenet", True),
+     ("cnn3", False)],
 )
 def test_export_matches_keras(tmp_path, real_images, backbone, flip_tta):
     import keras

@@ -37,7 +37,8 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_retry(datas
     run = tmp_path / "run"
     env = dict(run_env(), KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",
                https_proxy="http://127.0.0.1:9", EMOTION_TRAIN_CACHE=str(tmp_path / "cache"))
-    failing = train_command(datasets["train"], run, "--epochs", "4", "--head-epochs", "1", "--lr", "1e-2")
+    failing = train_command(datasets["train"], run, "--epochs", "4", "--head-epochs", "1", "--lr", "1e-2",
+                            backbone="mobilenetv3small")
     failing[failing.index("--weights") + 1] = "imagenet"
     first = subprocess.run(failing, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 1 and (run / "config.json").exists()
@@ -51,6 +52,13 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_retry(datas
         assert config["train"]["lr"] != 1e-2
         if not extra:  # the second pass finds a finished run and resumes nothing
             (run / "checkpoints" / "state.json").unlink()
+
+
+def test_the_small_cnn_has_no_pretrained_weights(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path), "--out", str(tmp_path / "run"), "--backbone", "cnn3",
+                                       "--weights", "imagenet"])
+    assert result.exit_code == 2
+    assert "--backbone cnn3 has no pretrained weights" in result.output and not (tmp_path / "run").exists()
 
 
 def test_epochs_within_the_warmup_is_a_usage_error(tmp_path):
