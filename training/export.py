@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from emotion_batch.files import published_mode
+from emotion_batch.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -93,32 +91,30 @@ def export_onnx(classifier, path: Path, check_images: np.ndarray, flip_tta: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for skip_transpose in (False, True):
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp.onnx")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            _convert(serve, spec, opset, tmp, skip_transpose)
-            got = onnx_probabilities(tmp, check_images)
-        except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types; any means this attempt failed
-            failures.append(f"{'without' if skip_transpose else 'with'} transpose optimiser: conversion failed: {exc}")
-            tmp.unlink(missing_ok=True)
-            continue
-        max_diff = float(np.max(np.abs(got - expected)))
         attempt = "without" if skip_transpose else "with"
-        if max_diff <= PARITY_TOLERANCE:
-            os.chmod(tmp, published_mode())  # mkstemp makes 0600; a model is for every user to read
-            os.replace(tmp, path)
-            log.info("exported %s (%s transpose optimiser): max |onnx - keras| = %.2e on %d images",
-                     path, attempt, max_diff, len(check_images))
-            return {
-                "max_abs_diff": max_diff,
-                "tolerance": PARITY_TOLERANCE,
-                "images": len(check_images),
-                "argmax_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
-                "transpose_optimizer": not skip_transpose,
-                "opset": opset,
-                "flip_tta": flip_tta,
-            }
-        failures.append(f"{attempt} transpose optimiser: max |onnx - keras| = {max_diff:.3e} > {PARITY_TOLERANCE}")
-        tmp.unlink(missing_ok=True)
+        with atomic_path(path, suffix=".tmp.onnx") as pending:  # replaces `path` only if not discarded
+            try:
+                _convert(serve, spec, opset, pending.path, skip_transpose)
+                got = onnx_probabilities(pending.path, check_images)
+            except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types; any means this attempt failed
+                failures.append(f"{attempt} transpose optimiser: conversion failed: {exc}")
+                pending.discard()
+                continue
+            max_diff = float(np.max(np.abs(got - expected)))
+            if not max_diff <= PARITY_TOLERANCE:
+                failures.append(f"{attempt} transpose optimiser: max |onnx - keras| = {max_diff:.3e} > "
+                                f"{PARITY_TOLERANCE}")
+                pending.discard()
+                continue
+        log.info("exported %s (%s transpose optimiser): max |onnx - keras| = %.2e on %d images",
+                 path, attempt, max_diff, len(check_images))
+        return {
+            "max_abs_diff": max_diff,
+            "tolerance": PARITY_TOLERANCE,
+            "images": len(check_images),
+            "argmax_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
+            "transpose_optimizer": not skip_transpose,
+            "opset": opset,
+            "flip_tta": flip_tta,
+        }
     raise ExportError(f"{path}: ONNX export does not match the Keras model; " + "; ".join(failures))
