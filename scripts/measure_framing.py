@@ -40,7 +40,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import cv2
 import numpy as np
 
 from emotion_batch.defaults import DEFAULT_SCORE_THRESHOLD
+from emotion_batch.files import atomic_file
 from emotion_batch.vision.classification import CropGeometry, crop_face
 from emotion_batch.vision.detection import Detection, YuNetDetector, locate_yunet, resolve_detector
 from emotion_batch.vision.fetch import YUNET_FILENAME
@@ -144,11 +144,9 @@ def write_crop(card_path: Path, crop: dict[str, float]) -> None:
     """Set card["crop"] and rewrite the card atomically, keeping every other key as it was."""
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["crop"] = crop
-    fd, tmp = tempfile.mkstemp(prefix=f".{card_path.name}.", suffix=".tmp", dir=card_path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_file(card_path, "w", encoding="utf-8") as fh:
         json.dump(card, fh, indent=2)
         fh.write("\n")
-    os.replace(tmp, card_path)
 
 
 def main(argv: list[str] | None = None) -> int:

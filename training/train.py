@@ -13,8 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import keras
 import numpy as np
 
 from emotion_batch.digest import sha256_file
+from emotion_batch.files import atomic_file, atomic_path
 
 from .artifacts import write_json_atomic
 from .augment import AugmentConfig, augment_batch, batch_rng
@@ -128,9 +127,8 @@ class RunDir:
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.keras") as pending:  # Keras wants the .keras suffix
+        model.save(pending.path)
 
 
 def save_checkpoint(model: keras.Model, checkpoints: Path, name: str) -> None:
@@ -139,15 +137,11 @@ def save_checkpoint(model: keras.Model, checkpoints: Path, name: str) -> None:
     The training model is rebuilt from the run's config on resume rather than deserialised, so the
     checkpoint does not depend on every augmentation layer surviving a Keras config round trip.
     """
-    weights = checkpoints / f"{name}.weights.h5"
-    tmp = checkpoints / f"{name}.tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, weights)
+    with atomic_path(checkpoints / f"{name}.weights.h5", suffix=".tmp.weights.h5") as pending:
+        model.save_weights(pending.path)  # Keras wants the .weights.h5 suffix
     optimizer_vars = {f"v{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
-    fd, tmp_name = tempfile.mkstemp(dir=checkpoints, suffix=".tmp.npz")
-    with os.fdopen(fd, "wb") as handle:
+    with atomic_file(checkpoints / f"{name}.optimizer.npz", suffix=".tmp.npz") as handle:
         np.savez(handle, **optimizer_vars)
-    os.replace(tmp_name, checkpoints / f"{name}.optimizer.npz")
 
 
 def load_checkpoint(model: keras.Model, checkpoints: Path, name: str) -> None:
@@ -267,9 +261,8 @@ def _write_history(run: RunDir, history: list[dict]) -> None:
     write_json_atomic(run.history_json, {"history": history})
     keys = list(dict.fromkeys(k for row in history for k in row))
     lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in history]
-    tmp = run.history_csv.with_suffix(".csv.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, run.history_csv)
+    with atomic_file(run.history_csv, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 class AugmentedBatches(keras.utils.PyDataset):

@@ -115,14 +115,16 @@ def test_init_from_fine_tunes_a_trained_run(trained_run, datasets, tmp_path):
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     best = trained_run / "checkpoints" / "best.keras"
     out = tmp_path / "fine-tuned"
-    result = subprocess.run(train_command(datasets["train"], out, "--epochs", "2", "--init-from", str(best)),
-                            check=False, capture_output=True, text=True, env=env, timeout=900)
+    command = train_command(datasets["train"], out, "--epochs", "2", "--init-from", str(best),
+                            backbone="mobilenetv3small")  # the trained run's backbone
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"starting from the weights of {best}" in (out / "train.log").read_text()
     first_epoch = json.loads((out / "checkpoints" / "state.json").read_text())["history"][0]
     assert first_epoch["val_accuracy"] > 0.5  # it starts where the trained run ended, not from scratch
 
-    other = train_command(datasets["train"], tmp_path / "other", "--epochs", "2", "--init-from", str(best))
+    other = train_command(datasets["train"], tmp_path / "other", "--epochs", "2", "--init-from", str(best),
+                          backbone="mobilenetv3small")
     other[other.index("--alpha") + 1] = "0.75"
     result = subprocess.run(other, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 1 and "Traceback" not in result.stderr
