@@ -1,9 +1,14 @@
-"""File plumbing every layer shares: atomic writes (always fsynced) and file digests. Standard library only.
+"""File plumbing every layer shares: atomic writes and file digests. Standard library only.
 
 An atomic write goes to a hidden temporary file beside its target (`.<name>.XXXX<suffix>`, so a leftover of a
 killed run is never read as an input and is recognised for clean-up), which is flushed to disk and renamed over
 the target only when the block completes; the rename itself is made durable by syncing the folder. A reader
 therefore sees the old file or the new one, never a partial one, whatever happens (a crash, a kill, a full disk).
+
+`quick_replace` is the same rename without the two fsyncs and without a random name, for the per-file outputs
+that a run rebuilds from its durable state (timeline tables, subtitles, thumbnails, the report): a kill still
+leaves the old file or the new one; only a power cut may lose the newest version, and the next run writes it
+again.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def current_umask() -> int:
 def published_mode() -> int:
     """The mode of a published file: what open() would create (0666 less the umask)."""
     return 0o666 & ~current_umask()
+
+
+#: Suffix of `quick_replace`'s hidden file (`.<name>.partial`); leftovers are recognised (and removed) by it.
+PARTIAL_SUFFIX = ".partial"
 
 
 def temp_prefix(path: Path) -> str:
@@ -104,6 +113,26 @@ def write_atomically(target: str | os.PathLike[str], data: bytes) -> None:
     """Replace `target` with `data` atomically."""
     with atomic_file(target) as fh:
         fh.write(data)
+
+
+def partial_path(target: Path) -> Path:
+    """The hidden name `quick_replace` writes `target` under before renaming it."""
+    return target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def quick_replace(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden path beside `target` to write; renamed over `target` when the block completes (no fsync).
+
+    The hidden file never stays: on an error it is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    partial = partial_path(target)
+    try:
+        yield partial
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def file_digest(file: str | os.PathLike[str] | io.BufferedIOBase, algorithm: str = "sha256") -> str:

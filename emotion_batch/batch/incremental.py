@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import FileResult, describe_settings, error_result, skipped_result
-from ..files import TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
+from ..files import PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_path, file_digest, temp_prefix
 from ..media.sources import FOLDER, Source
 from ..output import charts, subtitles, thumbnails
 from ..output import timeline as tables
@@ -198,7 +198,7 @@ class OutputPaths:
             places.append((self.charts, "."))
         for folder, prefix in places:
             for entry in folder.glob(prefix + "*"):
-                if entry.name.endswith((TEMP_SUFFIX, CHART_TEMP_SUFFIX, ".partial")) and entry.is_file():
+                if entry.name.endswith((TEMP_SUFFIX, CHART_TEMP_SUFFIX, PARTIAL_SUFFIX)) and entry.is_file():
                     entry.unlink(missing_ok=True)
                     removed += 1
         return removed

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import quick_replace
 from ..schema import EMOTIONS, dominant_emotion
 from .charts import EMOTION_COLOURS
 
@@ -429,9 +430,8 @@ def write_report(path: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Render (see `render_report` for the arguments) and write the report atomically; returns its path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(render_report(**kwargs), encoding="utf-8")
-    os.replace(partial, out)
+    with quick_replace(out) as partial:
+        partial.write_text(render_report(**kwargs), encoding="utf-8")
     return out
 
 

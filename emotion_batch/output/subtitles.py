@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..files import quick_replace
 from ..schema import EMOTIONS, dominant_emotion
 from ..vision.tracking import smooth
 from .charts import smoothing_window
@@ -183,9 +184,8 @@ def write_webvtt(
         return None
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(render_webvtt(cue_list, note), encoding="utf-8")
-    os.replace(partial, out)
+    with quick_replace(out) as partial:
+        partial.write_text(render_webvtt(cue_list, note), encoding="utf-8")
     return out
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from ..files import partial_path, quick_replace
 from ..media.decoding import EPS, open_reader
 from ..vision.annotate import THUMBNAIL_SIZE as DEFAULT_SIZE
 from ..vision.annotate import encode_jpeg
@@ -77,16 +78,10 @@ def _save(path: Path, image: np.ndarray) -> Path:
     return save_jpeg(path, encode_jpeg(image))
 
 
-def _partial(path: Path) -> Path:
-    """The hidden name a picture is written under before it is renamed to `path`."""
-    return path.with_name(f".{path.name}.partial")
-
-
 def save_jpeg(path: Path, data: bytes) -> Path:
     """Write JPEG bytes (e.g. a worker's `FileResult.thumbnails`) atomically."""
-    partial = _partial(path)
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    with quick_replace(path) as partial:
+        partial.write_bytes(data)
     return path
 
 
@@ -99,7 +94,7 @@ def place(kept: Path, target: Path) -> Path:
         os.link(kept, target)
         return target
     except FileExistsError:
-        partial = _partial(target)
+        partial = partial_path(target)
         with contextlib.suppress(OSError):
             partial.unlink()
         try:

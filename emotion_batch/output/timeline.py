@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from ..defaults import DEFAULT_BIN_S
+from ..files import quick_replace
 from ..schema import EMOTIONS, dominant_emotions
 from ..schema import dominant_emotion as dominant_emotion  # the one rule, importable from here too
 
@@ -162,12 +163,11 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a table as CSV (or Parquet for a .parquet path) atomically: a reader never sees half a file."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    if out.suffix.lower() == ".parquet":
-        table.to_parquet(partial, index=False)
-    else:
-        table.to_csv(partial, index=False)
-    os.replace(partial, out)
+    with quick_replace(out) as partial:
+        if out.suffix.lower() == ".parquet":
+            table.to_parquet(partial, index=False)
+        else:
+            table.to_csv(partial, index=False)
     return out
 
 

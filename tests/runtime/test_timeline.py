@@ -165,6 +165,20 @@ def test_tables_write_atomically(tmp_path: Path) -> None:
     assert list(tl.concat([], tl.TIMELINE_COLUMNS).columns) == list(tl.TIMELINE_COLUMNS)
 
 
+def test_a_failed_table_write_keeps_the_previous_table_and_no_hidden_file(tmp_path: Path) -> None:
+    path = tmp_path / "results_tracks.csv"
+    path.write_text("the previous table\n")
+
+    class Unwritable:
+        def __str__(self) -> str:
+            raise RuntimeError("this cell cannot be written")
+
+    with pytest.raises(RuntimeError, match="cannot be written"):  # fails while writing the hidden file
+        tl.write_table(pd.DataFrame({"a": [1, 2], "b": ["x", Unwritable()]}), path)
+    assert path.read_text() == "the previous table\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results_tracks.csv"]
+
+
 def test_safe_filename() -> None:
     assert tl.safe_filename("clips/a.mp4", ".timeline.png") == chart_filename("clips/a.mp4")
     names = {tl.safe_filename(s, ".vtt") for s in ("a/b.mp4", "a__b.mp4", "a b.mp4", "a_b.mp4", "a?b.mp4")}
