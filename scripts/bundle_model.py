@@ -8,7 +8,9 @@ model.onnx, model.json and the small evaluation plots; for an ensemble, each mem
 no figure describes another model. The card's measured face framing (`crop`, written by
 scripts/measure_framing.py) is a property of the training data, not of one run, so it is kept from the
 bundled card when the new run's card has none. Each ``--benchmark`` file (the ``--json`` of
-scripts/evaluate_model.py) is summarised into the card's ``generalisation`` section, keyed by its split.
+scripts/evaluate_model.py) is summarised into the card's ``generalisation`` section, keyed by its split. A run
+that started from another run's weights (``--init-from``) gets the chain of those runs' commands in
+``training.lineage``, nearest first, so the card alone says how to rebuild the model from scratch.
 """
 
 from __future__ import annotations
@@ -36,8 +38,31 @@ def benchmark_summary(result: dict) -> dict:
     return out
 
 
+def lineage(run_dir: Path) -> list[dict]:
+    """The runs whose weights `run_dir` started from (``--init-from``), nearest first, with their commands."""
+    chain: list[dict] = []
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    init_from = config.get("train", {}).get("init_from")
+    while init_from:
+        ancestor = Path(init_from).parent.parent  # RUN/checkpoints/best.keras
+        if str(ancestor) in {link["run"] for link in chain}:
+            break  # a loop of runs (only by hand-edited configs); each is listed once
+        if not (ancestor / "config.json").is_file():
+            chain.append({"run": str(ancestor), "missing": True})  # moved or deleted: say so, do not guess
+            break
+        config = json.loads((ancestor / "config.json").read_text())
+        card_path = ancestor / "model.json"
+        training = json.loads(card_path.read_text()).get("training", {}) if card_path.is_file() else {}
+        chain.append({"run": str(ancestor), "command": config.get("command"),
+                      "best_epoch": training.get("best_epoch"), "epochs_run": training.get("epochs_run")})
+        init_from = config.get("train", {}).get("init_from")
+    return chain
+
+
 def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> dict:
     card = json.loads((run_dir / "model.json").read_text())
+    if chain := lineage(run_dir):
+        card.setdefault("training", {})["lineage"] = chain
     for path in benchmarks:
         result = json.loads(path.read_text())
         split = result["split"].split()[1]  # "FER-2013 PrivateTest (3589 images)"

@@ -71,3 +71,38 @@ def test_a_run_replaces_the_bundled_model_card_and_plots(tmp_path: Path) -> None
     loaded = load_model_card(models / "model.onnx")
     assert loaded.crop_from_card and loaded.crop.scale == 0.95
     assert Classifier(loaded).predict(np.zeros((2, 48, 48, 1), np.float32)).shape == (2, 7)
+
+
+def test_a_fine_tuned_run_carries_the_commands_of_the_runs_it_started_from(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_model", REPO / "scripts" / "bundle_model.py")
+    assert spec and spec.loader
+    bundle_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle_model)
+
+    def run(name: str, init_from: Path | None, best_epoch: int) -> Path:
+        folder = make_member(tmp_path / name, seed=1, crop=None, smoothing=None)
+        command = ["emotion-train", "data", "--out", str(folder)]
+        if init_from:
+            command += ["--init-from", str(init_from / "checkpoints" / "best.keras")]
+        (folder / "config.json").write_text(json.dumps({"train": {"init_from": command[-1] if init_from else None},
+                                                        "command": command}))
+        card = json.loads((folder / "model.json").read_text())
+        card["training"] = {"command": command, "best_epoch": best_epoch, "epochs_run": 10}
+        (folder / "model.json").write_text(json.dumps(card))
+        return folder
+
+    first = run("first", None, 7)
+    second = run("second", first, 5)
+    third = run("third", second, 3)
+    chain = bundle_model.lineage(third)
+    assert [link["run"] for link in chain] == [str(second), str(first)]
+    assert chain[0]["command"][-1] == str(first / "checkpoints" / "best.keras") and chain[1]["best_epoch"] == 7
+
+    (first / "config.json").unlink()  # an ancestor that is gone is named, not guessed
+    assert bundle_model.lineage(third)[-1] == {"run": str(first), "missing": True}
+    models = tmp_path / "models"
+    card = bundle_model.bundle(third, models)
+    assert [link["run"] for link in card["training"]["lineage"]] == [str(second), str(first)]
+    assert json.loads((models / "model.json").read_text())["training"]["lineage"] == card["training"]["lineage"]
