@@ -55,18 +55,11 @@ def small_cnn(config: ModelConfig) -> keras.Model:
 
 
 def _backbone(config: ModelConfig) -> keras.Model:
-    """The Keras application without its top, global-average pooled."""
+    """The backbone without its top, global-average pooled: a Keras application, or `small_cnn`."""
     from keras import applications
 
-    if config.backbone in SCRATCH_BACKBONES:
-        if config.weights != "none":
-            raise ValueError(f"backbone {config.backbone} has no pretrained weights; train it with --weights none")
-        base = small_cnn(config)
-        for layer in base.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = config.bn_momentum
-        return base
-
+    if config.backbone in SCRATCH_BACKBONES and config.weights != "none":
+        raise ValueError(f"backbone {config.backbone} has no pretrained weights; train it with --weights none")
     shape = (config.input_size, config.input_size, 3)
     keras_weights = "imagenet" if config.weights == "imagenet" else None
     common = {"input_shape": shape, "alpha": config.alpha, "include_top": False, "weights": keras_weights,
@@ -77,10 +70,13 @@ def _backbone(config: ModelConfig) -> keras.Model:
         "mobilenetv3small": (applications.MobileNetV3Small, {"include_preprocessing": False}),
         "mobilenetv3large": (applications.MobileNetV3Large, {"include_preprocessing": False}),
     }
-    if config.backbone not in factories:
+    if config.backbone == "cnn3":
+        base = small_cnn(config)
+    elif config.backbone in factories:
+        factory, extra = factories[config.backbone]
+        base = _application(factory, config, **common, **extra)
+    else:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose from {', '.join(BACKBONES)}")
-    factory, extra = factories[config.backbone]
-    base = _application(factory, config, **common, **extra)
     if config.weights not in ("imagenet", "none"):
         path = Path(config.weights)
         if not path.is_file():
