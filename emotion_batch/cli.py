@@ -486,6 +486,9 @@ def models_info(model: Path | None, detector_model: Path | None) -> None:
                 click.echo(
                     f"  {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m.get('macro_f1', float('nan')):.4f}"
                 )
+        for split, g in (raw.get("generalisation") or {}).items():  # scripts/evaluate_model.py's figures
+            if isinstance(g, dict):
+                click.echo(f"  {split} benchmark: {_benchmark_line(g)}")
     except ModelUnavailable as exc:
         click.echo(f"model: unavailable: {exc}")
     try:
@@ -495,6 +498,23 @@ def models_info(model: Path | None, detector_model: Path | None) -> None:
         click.echo(f"detector: unavailable: {exc}")
     click.echo(f"  YuNet cache location: {cached_yunet_path()}")
     click.echo(f"  Haar cascades: {'available' if haar_available() else 'not in this OpenCV'}")
+
+
+def _benchmark_line(figures: dict[str, Any]) -> str:
+    """One line of a card's `generalisation` entry: both labelings, the robustness mean, speed and CPU."""
+
+    def share(value: Any) -> str:
+        return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "?"
+
+    parts = [
+        f"FER-2013 labels {share(figures.get('accuracy'))}",
+        f"FER+ majority {share((figures.get('ferplus') or {}).get('majority_accuracy'))}",
+        f"robustness mean {share((figures.get('robustness') or {}).get('mean_accuracy'))}",
+    ]
+    ms = figures.get("ms_per_face_batch1_1thread_median")
+    if isinstance(ms, (int, float)):
+        parts.append(f"{ms:.2f} ms/face on {figures.get('cpu', 'an unnamed CPU')}")
+    return ", ".join(parts)
 
 
 # `emotion-batch live SOURCE`: the same rows from a camera or stream (emotion_batch/live/).

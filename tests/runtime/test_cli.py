@@ -270,6 +270,26 @@ def test_help_and_version() -> None:
     assert run_cli("--version").stdout.startswith("emotion-batch")
 
 
+def test_models_info_shows_the_cards_benchmark_figures(bundled_model: Path, tmp_path: Path) -> None:
+    """What a user reads first about a model: its splits' accuracy, and the benchmark's figures if the card has them."""
+    import json
+
+    card = json.loads(bundled_model.with_suffix(".json").read_text())
+    info = run_cli("models", "info")
+    assert info.returncode == 0, info.stderr
+    for split, figures in card.get("generalisation", {}).items():
+        fer2013, fer_plus = 100 * figures["accuracy"], 100 * figures["ferplus"]["majority_accuracy"]
+        line = f"  {split} benchmark: FER-2013 labels {fer2013:.2f}%, FER+ majority {fer_plus:.2f}%, robustness mean"
+        assert line in info.stdout
+        assert f"ms/face on {figures['cpu']}" in info.stdout
+
+    bare = tmp_path / "bare.onnx"  # a card without benchmark figures prints none, and no error
+    bare.write_bytes(bundled_model.read_bytes())
+    bare.with_suffix(".json").write_text(json.dumps({k: v for k, v in card.items() if k != "generalisation"}))
+    info = run_cli("models", "info", "--model", bare)
+    assert info.returncode == 0 and "benchmark:" not in info.stdout and "test: accuracy" in info.stdout
+
+
 def test_shared_media_run(cli_env, model_args, tmp_path: Path) -> None:
     """The real videos and photos of ../shared/media: every file is analysed; the negatives have no face."""
     media = shared_path("media")
