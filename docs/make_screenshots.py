@@ -71,8 +71,9 @@ def main() -> None:
         text = report.read_text(encoding="utf-8")
         args.out.mkdir(parents=True, exist_ok=True)
         for name, marker, height in SHOTS:
-            page = report if marker is None else tmp / f"from-{name}.html"
-            if marker is not None:
+            page = report
+            if marker:
+                page = tmp / f"from-{name}.html"
                 page.write_text(from_section(text, marker), encoding="utf-8")
             png = tmp / f"{name}.png"
             screenshot(page, png, height, tmp / "profile")
