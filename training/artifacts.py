@@ -19,6 +19,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "w") as handle:
         json.dump(data, handle, indent=2, default=_json_default)
+        handle.write("\n")  # a text file ends in a newline (the card shows up in diffs)
 
 
 def install_file(source: Path, dest: Path) -> None:
