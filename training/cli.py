@@ -146,6 +146,9 @@ def main() -> None:
                    "training images, averaged with their mirror images, join the one-hot labels as targets.")
 @click.option("--teacher-weight", type=click.FloatRange(0, 1, min_open=True),
               help="Share of each target taken from --teacher.  [default: 0.5]")
+@click.option("--online-teacher", is_flag=True,
+              help="Run --teacher on every augmented training batch (the student learns the teacher's answer "
+                   "on the image it sees) instead of once on the clean images; each epoch takes longer.")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Multi-rater votes: a CSV with a 'path' column and one vote-count column per class (e.g. "
                    "FER+'s ferplus.csv). Voted files train on their vote distribution; others on their folder.")
@@ -163,7 +166,7 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                   test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
                   fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
                   dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight,
-                  labels_csv, label_weight, init_from, tta, seed, resume, verbose) -> None:
+                  online_teacher, labels_csv, label_weight, init_from, tta, seed, resume, verbose) -> None:
     """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
@@ -175,8 +178,9 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
         raise click.BadParameter(
             f"--backbone {backbone} has no pretrained weights; it trains from scratch (--weights none)",
             param_hint="--weights")
-    if teacher_weight is not None and teacher is None:
-        raise click.BadParameter("only applies with --teacher", param_hint="--teacher-weight")
+    for given, hint in ((teacher_weight is not None, "--teacher-weight"), (online_teacher, "--online-teacher")):
+        if given and teacher is None:
+            raise click.BadParameter("only applies with --teacher", param_hint=hint)
     fine_tune_epochs = epochs - (0 if weights == "none" else min(head_epochs, epochs))
     if warmup_epochs and fine_tune_epochs <= warmup_epochs:
         raise click.BadParameter(
@@ -194,6 +198,7 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
                         class_weight=class_weight, augment=augment, erasing=erasing, patience=patience, seed=seed,
                         teacher=str(teacher.resolve()) if teacher else None,
                         teacher_weight=0.5 if teacher_weight is None else teacher_weight,
+                        online_teacher=online_teacher,
                         labels=str(labels_csv.resolve()) if labels_csv else None,
                         label_weight=label_weight or 0.0,
                         init_from=str(init_from.resolve()) if init_from else None)

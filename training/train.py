@@ -26,7 +26,14 @@ from emotion_batch.files import atomic_file, atomic_path
 from .artifacts import write_json_atomic
 from .augment import AugmentConfig, augment_batch, batch_rng
 from .data import Dataset, class_weights
-from .distill import CACHE_NAME, blend_targets, cached_teacher_probabilities
+from .distill import (
+    CACHE_NAME,
+    ONLINE_RECORD_NAME,
+    Teacher,
+    blend_targets,
+    cached_teacher_probabilities,
+    pin_teacher,
+)
 from .labels import read_votes, soft_targets
 from .model import (
     ModelConfig,
@@ -63,6 +70,7 @@ class TrainConfig:
     seed: int = 42
     teacher: str | None = None  # an exported model.onnx whose probabilities join the targets (distillation)
     teacher_weight: float = 0.5  # share of each target that comes from the teacher
+    online_teacher: bool = False  # run the teacher on every augmented batch instead of once on clean images
 
     def augment_config(self) -> AugmentConfig:
         fields = dict(self.augmentation or {})
@@ -184,6 +192,15 @@ def distillation_targets(config: TrainConfig, run: RunDir, train: Dataset, label
     return blend_targets(labels, probs, config.teacher_weight)
 
 
+def online_teacher(config: TrainConfig, run: RunDir, train: Dataset) -> Teacher:
+    """The teacher that AugmentedBatches runs on each augmented batch, its file pinned for --resume."""
+    teacher = Path(config.teacher)
+    pin_teacher(teacher, sha256_file(teacher), run.checkpoints / ONLINE_RECORD_NAME)
+    log.info("teacher %s runs on every augmented batch (online); targets are %.0f%% teacher",
+             teacher, 100 * config.teacher_weight)
+    return Teacher(teacher, train.labels)
+
+
 def _optimizer(config: TrainConfig, stage: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """Constant LR for the head; warm-up then cosine decay for fine-tuning, keyed on the iteration count."""
     if stage == 1:
@@ -266,13 +283,18 @@ def _write_history(run: RunDir, history: list[dict]) -> None:
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """One epoch of shuffled, augmented batches; the order and every draw depend only on (seed, epoch)."""
+    """One epoch of shuffled, augmented batches; the order and every draw depend only on (seed, epoch).
+
+    With a ``teacher`` (online distillation) each batch's targets are blended with the teacher's
+    probabilities on the augmented images themselves.
+    """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
-                 augment: AugmentConfig, seed: int):
+                 augment: AugmentConfig, seed: int, teacher: Teacher | None = None, teacher_weight: float = 0.0):
         super().__init__()
         self.images, self.targets, self.weights = images, targets, weights
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.teacher, self.teacher_weight = teacher, teacher_weight
         self.epoch = 0
         self.order = np.arange(len(images))
 
@@ -288,11 +310,15 @@ class AugmentedBatches(keras.utils.PyDataset):
         images = self.images[rows]
         if self.augment.strength > 0:
             images = augment_batch(images, batch_rng(self.seed, self.epoch, index), self.augment)
-        return images[..., None].astype(np.float32), self.targets[rows], self.weights[rows]
+        targets = self.targets[rows]
+        if self.teacher is not None:
+            targets = blend_targets(targets, self.teacher(images), self.teacher_weight)
+        return images[..., None].astype(np.float32), targets, self.weights[rows]
 
 
 def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(targets [N, C], keep mask [N]): one-hot, or vote-blended with --labels, then teacher-blended."""
+    """(targets [N, C], keep mask [N]): one-hot, or vote-blended with --labels, then teacher-blended (unless
+    the teacher runs online, on each batch)."""
     num_classes = config.model.num_classes
     keep = np.ones(len(train), dtype=bool)
     if config.labels:
@@ -304,7 +330,7 @@ def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[
                  int((~keep).sum()), 100 * config.label_weight)
     else:
         targets = one_hot(train.targets, num_classes)
-    if config.teacher:
+    if config.teacher and not config.online_teacher:
         targets = distillation_targets(config, run, train, targets)
     return targets, keep
 
@@ -332,8 +358,10 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
     y_train, keep = training_targets(config, run, train)
     hard = y_train.argmax(axis=1)
     weights = class_weights(hard[keep], config.model.num_classes, config.class_weight)
+    teacher = online_teacher(config, run, train) if config.teacher and config.online_teacher else None
     batches = AugmentedBatches(train.images[keep], y_train[keep], weights[hard[keep]].astype(np.float32),
-                               config.batch_size, config.augment_config(), config.seed)
+                               config.batch_size, config.augment_config(), config.seed, teacher,
+                               config.teacher_weight)
     x_val, y_val = as_inputs(val), validation_targets(config, val)
     steps = len(batches)
     log.info("class weights (%s): %s", config.class_weight,

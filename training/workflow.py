@@ -298,7 +298,8 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
     }
     if config.train.teacher:
         card["training"]["teacher"] = {"path": config.train.teacher, "weight": config.train.teacher_weight,
-                                       "sha256": sha256_file(Path(config.train.teacher))}
+                                       "sha256": sha256_file(Path(config.train.teacher)),
+                                       "online": config.train.online_teacher}
     if config.train.labels:
         card["training"]["labels"] = {"votes": config.train.labels, "label_weight": config.train.label_weight,
                                       "sha256": sha256_file(Path(config.train.labels))}

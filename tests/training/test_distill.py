@@ -11,9 +11,19 @@ import pytest
 from click.testing import CliRunner
 
 from emotion_batch.digest import sha256_file
+from emotion_train.augment import AugmentConfig
 from emotion_train.cli import main
 from emotion_train.data import DatasetError, load_folder
-from emotion_train.distill import CACHE_NAME, blend_targets, cached_teacher_probabilities, run_teacher
+from emotion_train.distill import (
+    CACHE_NAME,
+    ONLINE_RECORD_NAME,
+    Teacher,
+    blend_targets,
+    cached_teacher_probabilities,
+    pin_teacher,
+    run_teacher,
+)
+from emotion_train.train import AugmentedBatches, one_hot
 
 from .conftest import CLASSES, SIZE, make_dataset, run_env, train_command
 
@@ -45,8 +55,55 @@ def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, t
     assert sha == sha256_file(teacher)
 
     card = json.loads((out / "model.json").read_text())
-    assert card["training"]["teacher"] == {"path": str(teacher.resolve()), "weight": 0.7, "sha256": sha}
+    assert card["training"]["teacher"] == {"path": str(teacher.resolve()), "weight": 0.7, "sha256": sha,
+                                           "online": False}
     assert card["training"]["config"]["teacher_weight"] == 0.7
+
+
+def test_online_distilled_run_runs_the_teacher_during_training(datasets, trained_run, tmp_path):
+    teacher = trained_run / "model.onnx"
+    out = tmp_path / "student"
+    env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
+    result = subprocess.run(
+        train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
+                      "--teacher", str(teacher), "--teacher-weight", "0.6", "--online-teacher"),
+        check=False, capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "runs on every augmented batch (online); targets are 60% teacher" in result.stderr
+    assert not (out / "checkpoints" / CACHE_NAME).exists()  # nothing precomputed
+    record = json.loads((out / "checkpoints" / ONLINE_RECORD_NAME).read_text())
+    assert record["teacher_sha256"] == sha256_file(teacher)
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["teacher"]["online"] is True
+    assert card["training"]["config"]["online_teacher"] is True
+
+
+def test_online_teacher_targets_are_its_answers_on_the_augmented_batch(trained_run, test_images):
+    teacher = Teacher(trained_run / "model.onnx", test_images.labels)
+    labels = one_hot(test_images.targets, len(CLASSES))
+    weights = np.ones(len(labels), np.float32)
+    augment = AugmentConfig.from_dict({"strength": 1.0})
+    batches = AugmentedBatches(test_images.images, labels, weights, 16, augment, seed=3, teacher=teacher,
+                               teacher_weight=0.6)
+    batches.start_epoch(0)
+    images, targets, _ = batches[0]
+    rows = batches.order[:16]
+    augmented = images[..., 0].astype(np.uint8)  # the batch holds the augmented uint8 values as float32
+    np.testing.assert_allclose(targets, 0.4 * labels[rows] + 0.6 * teacher(augmented), atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    clean = blend_targets(labels[rows], teacher(test_images.images[rows]), 0.6)
+    assert np.abs(targets - clean).max() > 1e-3  # the teacher saw the moved faces, not the clean ones
+    _, again, _ = batches[0]
+    np.testing.assert_array_equal(targets, again)  # same (seed, epoch, batch): same targets, so resume is exact
+
+
+def test_online_teacher_is_pinned_for_resume(trained_run, tmp_path):
+    teacher, record = trained_run / "model.onnx", tmp_path / ONLINE_RECORD_NAME
+    pin_teacher(teacher, "a" * 64, record)
+    pin_teacher(teacher, "a" * 64, record)  # the same file: fine
+    with pytest.raises(DatasetError, match="the teacher file changed since this run started"):
+        pin_teacher(teacher, "b" * 64, record)
 
 
 def test_teacher_probabilities_use_the_mirror_and_resize(trained_run, test_images):
@@ -106,8 +163,10 @@ def test_blend_targets(weight, expected):
     assert blended.dtype == np.float32
 
 
-def test_teacher_weight_needs_a_teacher(tmp_path):
+@pytest.mark.parametrize("option", [["--teacher-weight", "0.3"], ["--online-teacher"]])
+def test_teacher_options_need_a_teacher(tmp_path, option):
     data = make_dataset(tmp_path / "data", per_class=2, seed=0)
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"), "--teacher-weight", "0.3"])
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"), *option])
     assert result.exit_code == 2
-    assert "--teacher-weight" in result.output and "only applies with --teacher" in result.output
+    assert option[0] in result.output and "only applies with --teacher" in result.output
+    assert not (tmp_path / "run").exists()
