@@ -17,7 +17,6 @@ onnxruntime session, one thread), so the figures are the shipped runtime's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,7 +28,15 @@ import numpy as np
 from emotion_batch.schema import EMOTIONS
 from emotion_batch.vision.classification import Classifier, load_model_card
 from emotion_batch.vision.detection import create_detector, resolve_detector
-from emotion_train.generalisation import EyeDetector, classify_crops, ferplus_scores, load_split, robustness
+from emotion_train.artifacts import write_json_atomic
+from emotion_train.generalisation import (
+    EyeDetector,
+    classify_crops,
+    expected_calibration_error,
+    ferplus_scores,
+    load_split,
+    robustness,
+)
 
 
 def cpu_model() -> str:
@@ -121,6 +128,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "accuracy": float(np.mean(predicted == targets)),
         "macro_f1": float(np.mean([c["f1"] for c in classes.values()])),
+        "ece_labels": expected_calibration_error(probs, targets),
         "per_class": classes,
         "confusion_matrix": confusion.tolist(),
         "ferplus": ferplus_scores(probs, split.votes) if split.votes is not None else None,
@@ -130,7 +138,8 @@ def main() -> None:
         "ms_per_face_batch1_1thread_p90": float(np.percentile(timings, 90)),
         "model_mb": card.path.stat().st_size / 1e6,
     }
-    print(f"{result['split']}: FER-2013 accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
+    print(f"{result['split']}: FER-2013 accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+          f"ECE {result['ece_labels']:.3f}")
     print("per-class recall: " + ", ".join(f"{k} {v['recall']:.3f}" for k, v in classes.items()))
     print("confusion (rows true, cols predicted, order " + ", ".join(labels) + "):")
     for row in confusion:
@@ -148,7 +157,7 @@ def main() -> None:
           f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread, on {result['cpu']}; "
           f"size {result['model_mb']:.1f} MB")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(args.json, result)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,52 @@ def test_laughing_faces_in_the_hamilton_clip_are_not_sad():
     assert len(laughing) >= 12  # the four faces over at least three sampled frames
     assert (laughing["emotion"] != "sad").all(), laughing[["timestamp_s", "x", "y", "emotion", "confidence"]]
     assert (laughing["emotion"] == "happy").mean() >= 0.5
+
+
+def _public_test_card() -> dict:
+    fer = SHARED / "datasets" / "fer2013"
+    if not (fer / "test").is_dir() or not (fer / "ferplus.csv").is_file():
+        pytest.skip(f"FER-2013 or its FER+ votes missing under {fer}")
+    return json.loads((REPO / "models" / "model.json").read_text())["generalisation"]["PublicTest"]
+
+
+@pytest.mark.slow
+def test_the_evaluation_script_reproduces_the_cards_public_test_figures(tmp_path):
+    """Anyone can rerun the benchmark: the card's PublicTest figures come back from scripts/evaluate_model.py
+    (all but the in-frame conditions, which need the detector and minutes, and the speed)."""
+    card = _public_test_card()
+    out = tmp_path / "public.json"
+    result = subprocess.run(
+        [sys.executable, REPO / "scripts" / "evaluate_model.py", "--split", "PublicTest", "--no-in-frame",
+         "--speed-runs", "20", "--json", out],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["accuracy"] == pytest.approx(card["accuracy"], abs=1e-9)
+    for key in ("majority_accuracy", "nll_vs_raters", "ece_majority"):
+        assert got["ferplus"][key] == pytest.approx(card["ferplus"][key], abs=1e-6), key
+    conditions = {name: c["accuracy"] for name, c in got["robustness"]["conditions"].items()}
+    assert not any(name.startswith("in_frame") for name in conditions)
+    for name, accuracy in conditions.items():
+        assert accuracy == pytest.approx(card["robustness"]["conditions"][name], abs=1e-9), name
+    assert 0 < got["ece_labels"] < card["ferplus"]["ece_majority"]  # better calibrated to FER-2013's labels
+    assert "FER-2013 accuracy 0.6701" in result.stdout
+
+
+@pytest.mark.slow
+def test_temperature_scan_keeps_the_cards_figures_at_one_and_sharpens_below(tmp_path):
+    card = _public_test_card()
+    result = subprocess.run(
+        [sys.executable, REPO / "scripts" / "temperature_scan.py", "--temperatures", "0.7", "1", "1.4"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {float(line.split()[0]): [float(v) for v in line.split()[1:]]
+            for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert sorted(rows) == [0.7, 1.0, 1.4]
+    nll_raters, ece_majority = rows[1.0][:2]
+    assert nll_raters == pytest.approx(card["ferplus"]["nll_vs_raters"], abs=1e-4)
+    assert ece_majority == pytest.approx(card["ferplus"]["ece_majority"], abs=1e-4)
+    confidence = {t: row[-1] for t, row in rows.items()}
+    assert confidence[0.7] > confidence[1.0] > confidence[1.4]
