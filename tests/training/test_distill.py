@@ -33,17 +33,22 @@ def test_images(datasets):
     return load_folder(datasets["test"], SIZE)
 
 
-def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, tmp_path):
-    teacher = trained_run / "model.onnx"
-    out = tmp_path / "student"
+def train_student(datasets, teacher, out, *options: str) -> str:
+    """A real 2-epoch run distilled from ``teacher``; returns its log (stderr)."""
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     result = subprocess.run(
         train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
-                      "--teacher", str(teacher), "--teacher-weight", "0.7"),
+                      "--teacher", str(teacher), *options),
         check=False, capture_output=True, text=True, env=env, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "agrees with the labels on" in result.stderr
+    return result.stderr
+
+
+def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, tmp_path):
+    teacher = trained_run / "model.onnx"
+    out = tmp_path / "student"
+    assert "agrees with the labels on" in train_student(datasets, teacher, out, "--teacher-weight", "0.7")
 
     with np.load(out / "checkpoints" / CACHE_NAME) as saved:
         probs, sha = saved["probs"], str(saved["teacher_sha256"])
@@ -63,14 +68,8 @@ def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, t
 def test_online_distilled_run_runs_the_teacher_during_training(datasets, trained_run, tmp_path):
     teacher = trained_run / "model.onnx"
     out = tmp_path / "student"
-    env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
-    result = subprocess.run(
-        train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
-                      "--teacher", str(teacher), "--teacher-weight", "0.6", "--online-teacher"),
-        check=False, capture_output=True, text=True, env=env, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "runs on every augmented batch (online); targets are 60% teacher" in result.stderr
+    log = train_student(datasets, teacher, out, "--teacher-weight", "0.6", "--online-teacher")
+    assert "runs on every augmented batch (online); targets are 60% teacher" in log
     assert not (out / "checkpoints" / CACHE_NAME).exists()  # nothing precomputed
     record = json.loads((out / "checkpoints" / ONLINE_RECORD_NAME).read_text())
     assert record["teacher_sha256"] == sha256_file(teacher)
