@@ -4,6 +4,7 @@
     emotion-train export RUN_DIR                       re-export best.keras -> model.onnx with a parity check
     emotion-train evaluate RUN_DIR [--test DIR]        measure model.onnx, rewrite metrics.json and the card
     emotion-train ensemble RUN_DIR RUN_DIR... --out D  average exported runs inside one ONNX graph
+    emotion-train soup RUN_DIR RUN_DIR... --out D --val DIR   average runs' weights into one network
     emotion-train quantize SRC_DIR --out D --calibration DIR   an int8 copy, checked against the float model
     emotion-train smooth SRC_DIR --out D --val DIR     input smoothing in the graph, sigma chosen on --val
     emotion-train half SRC_DIR --out D [--val DIR]     float16 weight storage, float32 arithmetic, checked
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -287,6 +289,47 @@ def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[f
     except (DatasetError, EnsembleError) as exc:
         _fail(exc)
     click.echo(f"parity: max |ensemble - weighted mean| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
+    _print_result(out_dir, results)
+
+
+@main.command("soup")
+@click.argument("run_dirs", metavar="RUN_DIR RUN_DIR [...]", nargs=-1, required=True, type=_FOLDER)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the soup's checkpoints/best.keras, model.onnx, model.json, metrics.json, plots.")
+@click.option("--weight", "weights", multiple=True, type=click.FloatRange(0, min_open=True),
+              help="One per RUN_DIR, in order (normalised to sum 1). Default: equal weights.")
+@_split_options("Validation folder to judge the soup on (its first images also serve the parity check).",
+                "Test folder to evaluate the soup on.")
+@click.option("-v", "--verbose", is_flag=True)
+def soup_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[float, ...], val_dir: Path | None,
+                 val_pattern: str | None, test_dir: Path | None, test_pattern: str | None, verbose: bool) -> None:
+    """Average the weights of RUN_DIRs' best checkpoints into one network (one network's cost per face).
+
+    Meant for runs fine-tuned from the same weights; compare the soup's val figures with the runs' own.
+    """
+    from .soup import SoupError, soup_run
+
+    if len(run_dirs) < 2:
+        raise click.BadParameter("a soup needs at least two runs", param_hint="RUN_DIR")
+    if weights and len(weights) != len(run_dirs):
+        raise click.BadParameter(f"{len(weights)} values for {len(run_dirs)} runs; give one per RUN_DIR or none",
+                                 param_hint="--weight")
+    if val_dir is None:
+        raise click.BadParameter("a soup is judged on validation images; give --val DIR", param_hint="--val")
+    if (out_dir / "config.json").exists():
+        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
+    _setup_logging(out_dir / "soup.log", verbose)
+    val, test = _split(val_dir, val_pattern, "val"), _split(test_dir, test_pattern, "test")
+    try:
+        results, parity = soup_run(run_dirs, out_dir, weights or None, val, test,
+                                   command=["emotion-train", *sys.argv[1:]])
+    except (DatasetError, SoupError) as exc:
+        _fail(exc)
+    click.echo(f"parity: max |onnx - keras| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
+    for run_dir in run_dirs:
+        card = json.loads((run_dir / "model.json").read_text())
+        if "val" in card.get("metrics", {}):
+            click.echo(f"ingredient {run_dir}: val accuracy {card['metrics']['val']['accuracy']:.4f}")
     _print_result(out_dir, results)
 
 

@@ -82,7 +82,7 @@ class RunConfig:
         )
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "opencv-python-headless",
                  "jax"):
@@ -293,7 +293,7 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
                 }
                 for name, ds in splits.items()
             },
-            "versions": _library_versions(),
+            "versions": library_versions(),
         },
     }
     if config.train.teacher:
