@@ -2,15 +2,16 @@
 
     python scripts/bundle_model.py RUN_DIR [--models models] [--benchmark results.json ...]
 
-RUN_DIR is a training run, or the output of `emotion-train ensemble` / `emotion-train quantize`. Copies
-model.onnx, model.json and the small evaluation plots; for an ensemble, each member's training curves
-(training_curves_1.png, ...). Plots of the previous model that the new one does not have are removed, so
-no figure describes another model. The card's measured face framing (`crop`, written by
+RUN_DIR is a training run, or the output of `emotion-train ensemble` / `soup` / `quantize`. Copies
+model.onnx, model.json and the small evaluation plots; for an ensemble or a soup, each member's or
+ingredient's training curves (training_curves_1.png, ...). Plots of the previous model that the new one
+does not have are removed, so no figure describes another model. The card's measured face framing (`crop`, written by
 scripts/measure_framing.py) is a property of the training data, not of one run, so it is kept from the
 bundled card when the new run's card has none. Each ``--benchmark`` file (the ``--json`` of
 scripts/evaluate_model.py) is summarised into the card's ``generalisation`` section, keyed by its split. A run
 that started from another run's weights (``--init-from``) gets the chain of those runs' commands in
-``training.lineage``, nearest first, so the card alone says how to rebuild the model from scratch.
+``training.lineage``, nearest first, so the card alone says how to rebuild the model from scratch; a soup's
+ingredients each get their own ``lineage``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> di
     card = json.loads((run_dir / "model.json").read_text())
     if chain := lineage(run_dir):
         card.setdefault("training", {})["lineage"] = chain
+    for ingredient in card.get("ingredients", []):  # a soup (`emotion-train soup`): each run's own chain
+        if chain := lineage(Path(ingredient["run_dir"])):
+            ingredient["lineage"] = chain
     for path in benchmarks:
         result = json.loads(path.read_text())
         split = result["split"].split()[1]  # "FER-2013 PrivateTest (3589 images)"
@@ -75,7 +79,7 @@ def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> di
     models.mkdir(parents=True, exist_ok=True)
     install_file(run_dir / "model.onnx", models / "model.onnx")
     plots = {name: run_dir / "plots" / name for name in PLOTS}
-    for i, member in enumerate(card.get("members", []), start=1):
+    for i, member in enumerate(card.get("members", []) or card.get("ingredients", []), start=1):
         plots[f"training_curves_{i}.png"] = Path(member["run_dir"]) / "plots" / "training_curves.png"
     for stale in models.glob("*.png"):
         if stale.name not in plots or not plots[stale.name].exists():

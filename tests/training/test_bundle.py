@@ -73,29 +73,35 @@ def test_a_run_replaces_the_bundled_model_card_and_plots(tmp_path: Path) -> None
     assert Classifier(loaded).predict(np.zeros((2, 48, 48, 1), np.float32)).shape == (2, 7)
 
 
-def test_a_fine_tuned_run_carries_the_commands_of_the_runs_it_started_from(tmp_path: Path) -> None:
+def _bundle_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bundle_model", REPO / "scripts" / "bundle_model.py")
     assert spec and spec.loader
-    bundle_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle_model)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def run(name: str, init_from: Path | None, best_epoch: int) -> Path:
-        folder = make_member(tmp_path / name, seed=1, crop=None, smoothing=None)
-        command = ["emotion-train", "data", "--out", str(folder)]
-        if init_from:
-            command += ["--init-from", str(init_from / "checkpoints" / "best.keras")]
-        (folder / "config.json").write_text(json.dumps({"train": {"init_from": command[-1] if init_from else None},
-                                                        "command": command}))
-        card = json.loads((folder / "model.json").read_text())
-        card["training"] = {"command": command, "best_epoch": best_epoch, "epochs_run": 10}
-        (folder / "model.json").write_text(json.dumps(card))
-        return folder
 
-    first = run("first", None, 7)
-    second = run("second", first, 5)
-    third = run("third", second, 3)
+def _fine_tuned_run(folder: Path, init_from: Path | None, best_epoch: int) -> Path:
+    """An exported run whose config and card say it started from ``init_from``'s best checkpoint."""
+    folder = make_member(folder, seed=1, crop=None, smoothing=None)
+    command = ["emotion-train", "data", "--out", str(folder)]
+    if init_from:
+        command += ["--init-from", str(init_from / "checkpoints" / "best.keras")]
+    (folder / "config.json").write_text(json.dumps({"train": {"init_from": command[-1] if init_from else None},
+                                                    "command": command}))
+    card = json.loads((folder / "model.json").read_text())
+    card["training"] = {"command": command, "best_epoch": best_epoch, "epochs_run": 10}
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_a_fine_tuned_run_carries_the_commands_of_the_runs_it_started_from(tmp_path: Path) -> None:
+    bundle_model = _bundle_module()
+    first = _fine_tuned_run(tmp_path / "first", None, 7)
+    second = _fine_tuned_run(tmp_path / "second", first, 5)
+    third = _fine_tuned_run(tmp_path / "third", second, 3)
     chain = bundle_model.lineage(third)
     assert [link["run"] for link in chain] == [str(second), str(first)]
     assert chain[0]["command"][-1] == str(first / "checkpoints" / "best.keras") and chain[1]["best_epoch"] == 7
@@ -106,3 +112,22 @@ def test_a_fine_tuned_run_carries_the_commands_of_the_runs_it_started_from(tmp_p
     card = bundle_model.bundle(third, models)
     assert [link["run"] for link in card["training"]["lineage"]] == [str(second), str(first)]
     assert json.loads((models / "model.json").read_text())["training"]["lineage"] == card["training"]["lineage"]
+
+
+def test_a_soup_carries_each_ingredients_chain_and_curves(tmp_path: Path) -> None:
+    bundle_model = _bundle_module()
+    base = _fine_tuned_run(tmp_path / "base", None, 7)
+    tunes = [_fine_tuned_run(tmp_path / name, base, 4) for name in ("a", "b")]
+    for run in tunes:
+        (run / "plots").mkdir()
+        (run / "plots" / "training_curves.png").write_bytes(f"curves of {run.name}".encode())
+    soup = make_member(tmp_path / "soup", seed=2, crop=None, smoothing=None)  # no config.json: not trained
+    card = json.loads((soup / "model.json").read_text())
+    card["ingredients"] = [{"run_dir": str(run), "weight": 0.5} for run in tunes]
+    (soup / "model.json").write_text(json.dumps(card))
+
+    models = tmp_path / "models"
+    bundled = bundle_model.bundle(soup, models)
+    assert [i["lineage"][0]["run"] for i in bundled["ingredients"]] == [str(base), str(base)]
+    assert (models / "training_curves_1.png").read_bytes() == b"curves of a"
+    assert (models / "training_curves_2.png").read_bytes() == b"curves of b"
