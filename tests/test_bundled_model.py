@@ -64,7 +64,11 @@ def test_the_shipped_graph_is_float_and_its_choice_is_recorded():
     assert private["accuracy"] == pytest.approx(card["metrics"]["test"]["accuracy"], abs=1e-9)
     for figures in (public, private):
         assert len(figures["robustness"]["conditions"]) == 10 and figures["ferplus"]["majority_accuracy"] > 0.7
-    assert public["ms_per_face_batch1_1thread_median"] <= 1.5 and public["model_mb"] <= 15
+    assert public["model_mb"] <= 15
+    if public["ms_per_face_batch1_1thread_median"] > 1.5:  # rule 1's addition: the graph, or the hour?
+        timing = card["selection"]["alternating_timing_ms"]
+        assert timing["same_graph_as_previous"]
+        assert np.median(timing["this_model"]) <= 1.05 * np.median(timing["previous_model"])
     for link in card["training"]["lineage"]:  # every run it was fine-tuned from is named with its command
         assert link["command"][0] == "emotion-train"
 
@@ -117,7 +121,7 @@ HAMILTON_LAUGHING = ((81, 95), (199, 130), (355, 92), (420, 132))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 13: the bundled model reads 1 of the 28 samples of these laughing "
+@pytest.mark.xfail(strict=True, reason="issue 13: the bundled model reads 6 of the 28 samples of these laughing "
                    "faces as sad and only 29% as happy; the check flips to a pass (and strict xfail fails) once a "
                    "model reads them right")
 def test_laughing_faces_in_the_hamilton_clip_are_not_sad():
@@ -168,7 +172,7 @@ def test_the_evaluation_script_reproduces_the_cards_public_test_figures(tmp_path
     for name, accuracy in conditions.items():
         assert accuracy == pytest.approx(card["robustness"]["conditions"][name], abs=1e-9), name
     assert 0 < got["ece_labels"] < card["ferplus"]["ece_majority"]  # better calibrated to FER-2013's labels
-    assert "FER-2013 accuracy 0.6701" in result.stdout
+    assert f"FER-2013 accuracy {card['accuracy']:.4f}" in result.stdout
 
 
 @pytest.mark.slow
