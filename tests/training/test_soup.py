@@ -78,13 +78,12 @@ def test_soup_is_the_weighted_mean_of_its_runs_exported_and_measured(datasets, f
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected.predict(x, verbose=0), atol=1e-5)
 
 
-def test_runs_of_other_architectures_are_refused(datasets, fine_tunes, tmp_path):
-    # --alpha 1.0 overrides train_command's 0.5
-    wider = _train(datasets, tmp_path / "wider", "--epochs", "1", "--warmup-epochs", "0", "--alpha", "1.0")
-    out = tmp_path / "soup"
-    result = soup_command(fine_tunes[0], wider, "--out", out, "--val", datasets["test"])
+def test_runs_of_other_architectures_are_refused(datasets, fine_tunes, trained_run, tmp_path):
+    out = tmp_path / "soup"  # trained_run is a MobileNetV3Small, the fine-tunes are cnn3
+    result = soup_command(fine_tunes[0], trained_run, "--out", out, "--val", datasets["test"])
     assert result.returncode == 1
-    assert f"{wider}: alpha 1.0 differs from" in result.stderr and "only runs of one architecture" in result.stderr
+    assert f"{trained_run}: backbone 'mobilenetv3small' differs from" in result.stderr
+    assert "only runs of one architecture" in result.stderr
     assert not (out / "model.onnx").exists()
 
 
