@@ -258,6 +258,17 @@ def evaluate_command(run_dir: Path, test_dir: Path | None, test_pattern: str | N
     _print_result(run_dir, results)
 
 
+def _check_combination(kind: str, run_dirs: tuple[Path, ...], weights: tuple[float, ...], out_dir: Path) -> None:
+    """Usage checks shared by the commands that combine runs (ensemble, soup)."""
+    if len(run_dirs) < 2:
+        raise click.BadParameter(f"{kind} needs at least two runs", param_hint="RUN_DIR")
+    if weights and len(weights) != len(run_dirs):
+        raise click.BadParameter(f"{len(weights)} values for {len(run_dirs)} runs; give one per RUN_DIR or none",
+                                 param_hint="--weight")
+    if (out_dir / "config.json").exists():
+        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
+
+
 @main.command("ensemble")
 @click.argument("run_dirs", metavar="RUN_DIR RUN_DIR [...]", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -274,13 +285,7 @@ def ensemble_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[f
     """Average the exported models of RUN_DIRs inside one ONNX graph (checked within 1e-5), then evaluate."""
     from .ensemble import EnsembleError, ensemble_run
 
-    if len(run_dirs) < 2:
-        raise click.BadParameter("an ensemble needs at least two runs", param_hint="RUN_DIR")
-    if weights and len(weights) != len(run_dirs):
-        raise click.BadParameter(f"{len(weights)} values for {len(run_dirs)} runs; give one per RUN_DIR or none",
-                                 param_hint="--weight")
-    if (out_dir / "config.json").exists():
-        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
+    _check_combination("an ensemble", run_dirs, weights, out_dir)
     _setup_logging(out_dir / "ensemble.log", verbose)
     val, test = _split(val_dir, val_pattern, "val"), _split(test_dir, test_pattern, "test")
     try:
@@ -309,15 +314,9 @@ def soup_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[float
     """
     from .soup import SoupError, soup_run
 
-    if len(run_dirs) < 2:
-        raise click.BadParameter("a soup needs at least two runs", param_hint="RUN_DIR")
-    if weights and len(weights) != len(run_dirs):
-        raise click.BadParameter(f"{len(weights)} values for {len(run_dirs)} runs; give one per RUN_DIR or none",
-                                 param_hint="--weight")
+    _check_combination("a soup", run_dirs, weights, out_dir)
     if val_dir is None:
         raise click.BadParameter("a soup is judged on validation images; give --val DIR", param_hint="--val")
-    if (out_dir / "config.json").exists():
-        raise click.BadParameter(f"{out_dir} holds a training run; choose a new folder", param_hint="--out")
     _setup_logging(out_dir / "soup.log", verbose)
     val, test = _split(val_dir, val_pattern, "val"), _split(test_dir, test_pattern, "test")
     try:
