@@ -184,8 +184,14 @@ def test_a_signal_right_after_start_exits_interrupted(tmp_path: Path, astronaut_
         time.sleep(float(when.rstrip("s")))
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
+    if when != "first-handler" and "the outputs were completed first" in stderr:
+        # One photo can be done within 0.7 s on a fast hour: the signal then came while the finished outputs
+        # were being written, and a complete run is a success, not an interruption.
+        assert proc.returncode == 0, stderr
+        assert out.exists()
+        return
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "interrupted" in stderr.lower()
     assert not out.exists()
 
