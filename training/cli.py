@@ -325,10 +325,9 @@ def soup_command(run_dirs: tuple[Path, ...], out_dir: Path, weights: tuple[float
     except (DatasetError, SoupError) as exc:
         _fail(exc)
     click.echo(f"parity: max |onnx - keras| = {parity['max_abs_diff']:.2e} on {parity['images']} images")
-    for run_dir in run_dirs:
-        card = json.loads((run_dir / "model.json").read_text())
-        if "val" in card.get("metrics", {}):
-            click.echo(f"ingredient {run_dir}: val accuracy {card['metrics']['val']['accuracy']:.4f}")
+    for ingredient in json.loads((out_dir / "model.json").read_text())["ingredients"]:  # read once, by soup_run
+        if val := ingredient["metrics"].get("val"):
+            click.echo(f"ingredient {ingredient['run_dir']}: val accuracy {val['accuracy']:.4f}")
     _print_result(out_dir, results)
 
 
