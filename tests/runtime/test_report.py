@@ -122,6 +122,7 @@ def test_report_rendering_is_pure(real_run) -> None:
     assert rp.render_report(**kwargs) == rp.render_report(**kwargs)
 
 
+@pytest.mark.slow  # a browser start: 14-28 s on 2 cores
 def test_report_in_chromium(real_run, tmp_path: Path) -> None:
     browser.chromium()
     _, summary, outputs, _, _ = real_run
