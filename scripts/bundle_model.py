@@ -36,6 +36,8 @@ def benchmark_summary(result: dict) -> dict:
         "detection_rate": {name: c["detection_rate"] for name, c in suite.get("conditions", {}).items()
                            if "detection_rate" in c},
     }
+    if suite.get("lighting"):  # outside the mean; benchmarks from before session 10 lack it
+        out["robustness"]["lighting"] = {name: c["accuracy"] for name, c in suite["lighting"].items()}
     return out
 
 

@@ -153,6 +153,9 @@ def main() -> None:
         for k, v in suite["conditions"].items()))
     print(f"robustness mean accuracy {suite['mean_accuracy']:.4f} (FER-2013 labels)"
           + (f", {suite['mean_ferplus_accuracy']:.4f} (FER+ majority)" if "mean_ferplus_accuracy" in suite else ""))
+    print("lighting (not in the mean): " + ", ".join(
+        f"{k} {v['accuracy']:.3f} (FER+ {v['ferplus_accuracy']:.3f})" if "ferplus_accuracy" in v else
+        f"{k} {v['accuracy']:.3f}" for k, v in suite["lighting"].items()))
     print(f"speed: {result['ms_per_face_batch1_1thread_median']:.2f} ms/face median "
           f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread, on {result['cpu']}; "
           f"size {result['model_mb']:.1f} MB")

@@ -26,6 +26,7 @@ def main() -> None:
 
     from emotion_train.data import class_weights
     from emotion_train.labels import read_votes, soft_targets
+    from emotion_train.model import load_classifier
     from emotion_train.train import RunDir
     from emotion_train.workflow import RunConfig, load_splits
 
@@ -43,7 +44,7 @@ def main() -> None:
         raise SystemExit("the sweep selects: its validation split must not be PrivateTest")
     splits = load_splits(config)
     train, val = splits["train"], splits["val"]
-    classifier = keras.models.load_model(run.best, compile=False)
+    classifier = load_classifier(run.best)
     features_of = keras.Model(classifier.input, classifier.get_layer("head_dropout").input)
     f_train = features_of.predict(train.images[..., None].astype(np.float32), batch_size=256, verbose=0)
     f_val = features_of.predict(val.images[..., None].astype(np.float32), batch_size=256, verbose=0)

@@ -172,6 +172,11 @@ def test_the_evaluation_script_reproduces_the_cards_public_test_figures(tmp_path
     for name, accuracy in conditions.items():
         assert accuracy == pytest.approx(card["robustness"]["conditions"][name], abs=1e-9), name
     assert 0 < got["ece_labels"] < card["ferplus"]["ece_majority"]  # better calibrated to FER-2013's labels
+    lighting = got["robustness"]["lighting"]  # beside the mean, not in it
+    assert set(lighting) == {"dim_x0.25", "faded_x0.4+120"}
+    assert all(c["images"] == got["ferplus"]["images"] + got["ferplus"]["left_out"] for c in lighting.values())
+    for name, accuracy in card["robustness"].get("lighting", {}).items():  # cards from session 10 on
+        assert lighting[name]["accuracy"] == pytest.approx(accuracy, abs=1e-9), name
     assert f"FER-2013 accuracy {card['accuracy']:.4f}" in result.stdout
 
 

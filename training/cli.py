@@ -23,7 +23,7 @@ import click
 
 from emotion_batch.cli import DefaultGroup
 
-from .config import BACKBONES, SCRATCH_BACKBONES, ModelConfig
+from .config import BACKBONES, NORMALISATIONS, SCRATCH_BACKBONES, ModelConfig
 from .data import DatasetError
 
 log = logging.getLogger("emotion_train")
@@ -141,6 +141,10 @@ def main() -> None:
 @click.option("--erasing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Probability of random erasing: a noise patch over 2-25% of the image.")
 @click.option("--bn-momentum", type=click.FloatRange(0, 1), default=0.99, show_default=True)
+@click.option("--normalise", type=click.Choice(NORMALISATIONS), default="fixed", show_default=True,
+              help="How the graph scales a face for the backbone: 'fixed' maps 0-255 to [-1, 1]; 'per-image' "
+                   "takes each face's own mean and contrast, so dark or washed-out faces read like well-lit "
+                   "ones.")
 @click.option("--patience", type=click.IntRange(0), default=8, show_default=True,
               help="Stop fine-tuning after N epochs without a better val accuracy (0 = never).")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -167,8 +171,9 @@ def main() -> None:
 def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, train_pattern, val_pattern,
                   test_pattern, backbone, alpha, input_size, image_size, weights, epochs, head_epochs,
                   fine_tune_layers, batch_size, lr, head_lr, warmup_epochs, weight_decay, label_smoothing,
-                  dropout, l2, class_weight, augment, erasing, bn_momentum, patience, teacher, teacher_weight,
-                  online_teacher, labels_csv, label_weight, init_from, tta, seed, resume, verbose) -> None:
+                  dropout, l2, class_weight, augment, erasing, bn_momentum, normalise, patience, teacher,
+                  teacher_weight, online_teacher, labels_csv, label_weight, init_from, tta, seed, resume,
+                  verbose) -> None:
     """Train on DATA_DIR (one subfolder per class), then export and evaluate into RUN_DIR."""
     from .train import TrainConfig
     from .workflow import DataSpec, RunConfig, train_run
@@ -193,7 +198,8 @@ def train_command(data_dir: Path, run_dir: Path, val_dir, val_split, test_dir, t
         raise click.BadParameter("only applies with --labels", param_hint="--label-weight")
     _setup_logging(run_dir / "train.log", verbose)  # after the usage checks: a refused command leaves no folder
     model = ModelConfig(backbone=backbone, alpha=alpha, image_size=image_size, input_size=input_size,
-                        weights=weights, dropout=dropout, l2=l2, bn_momentum=bn_momentum)
+                        weights=weights, dropout=dropout, l2=l2, bn_momentum=bn_momentum,
+                        normalise=normalise)
     train = TrainConfig(model=model, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,
                         head_lr=head_lr, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                         fine_tune_layers=fine_tune_layers, label_smoothing=label_smoothing,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 BACKBONES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large", "cnn3")
 #: Backbones with no pretrained weights: trained from scratch only (``--weights none``).
 SCRATCH_BACKBONES = ("cnn3",)
+NORMALISATIONS = ("fixed", "per-image")  # ModelConfig.normalise
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,6 @@ class ModelConfig:
     dropout: float = 0.3
     l2: float = 0.0
     bn_momentum: float = 0.99
+    # "fixed": the backbone's [-1, 1] scaling of 0-255. "per-image": each face's own mean and contrast, so a
+    # dark or washed-out face reaches the backbone as a well-exposed one would (see PerImageContrast).
+    normalise: str = "fixed"

@@ -305,7 +305,8 @@ def _card(members: list[Member], weights: list[float], parity: dict, results: di
         "format": CARD_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": list(first["labels"]),
-        "input": first["input"],
+        "input": {**first["input"], "normalise": " / ".join(  # each member's graph normalises its own input
+            sorted({m.card["input"].get("normalise", "fixed") for m in members}))},
         "output": {"name": OUTPUT_NAME, "kind": "probabilities", "order": "labels"},
         "backbone": {"name": f"ensemble of {len(members)}: {', '.join(names)}", "members": backbones},
         "tta": f"weighted mean of {len(members)} members inside the graph; each member's own TTA: "

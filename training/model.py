@@ -11,9 +11,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from .config import BACKBONES, SCRATCH_BACKBONES, ModelConfig
+from .config import BACKBONES, NORMALISATIONS, SCRATCH_BACKBONES, ModelConfig
 
-__all__ = ["BACKBONES", "ModelConfig", "build_classifier"]
+__all__ = ["BACKBONES", "ModelConfig", "PerImageContrast", "build_classifier", "load_classifier"]
 
 CLASSIFIER_NAME = "classifier"
 
@@ -89,15 +89,47 @@ def _backbone(config: ModelConfig) -> keras.Model:
     return base
 
 
+@keras.saving.register_keras_serializable(package="emotion_train")
+class PerImageContrast(layers.Layer):
+    """Each face to zero mean and a fixed contrast: ``(x - mean) / max(std, min_std) * target_std / 127.5``.
+
+    The backbone then sees the same input for ``a * face + b`` as for the face itself (any gain a > 0 that keeps
+    its standard deviation above ``min_std``), so a face in a dark room or a washed-out one reads like a
+    well-exposed one. ``target_std`` 55 is the typical spread of a FER-2013 face (54 grey levels on PublicTest),
+    so for a well-exposed face the output is close to the fixed [-1, 1] scaling's; ``min_std`` keeps a flat
+    patch from having its noise blown up.
+    """
+
+    def __init__(self, target_std: float = 55.0, min_std: float = 8.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.target_std = float(target_std)
+        self.min_std = float(min_std)
+
+    def call(self, x):
+        from keras import ops
+
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True))
+        return (x - mean) / ops.maximum(std, self.min_std) * (self.target_std / 127.5)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "target_std": self.target_std, "min_std": self.min_std}
+
+
 def build_classifier(config: ModelConfig) -> keras.Model:
     """Inference graph: [N, S, S, 1] float 0-255 -> [N, C] probabilities."""
+    if config.normalise not in NORMALISATIONS:
+        raise ValueError(f"unknown normalise {config.normalise!r}; choose from {', '.join(NORMALISATIONS)}")
     inputs = keras.Input((config.image_size, config.image_size, 1), name="image")
     x = inputs
+    # MobileNet v1, v2 and v3 (without include_preprocessing) all expect about [-1, 1].
+    if config.normalise == "per-image":
+        x = PerImageContrast(name="normalise")(x)  # on the stored resolution: the statistics are the same
     if config.image_size != config.input_size:
         x = layers.Resizing(config.input_size, config.input_size, interpolation="bilinear", name="upsample")(x)
     x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
-    # MobileNet v1, v2 and v3 (without include_preprocessing) all expect [-1, 1].
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(x)
+    if config.normalise == "fixed":
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(x)
     x = _backbone(config)(x)
     if config.dropout > 0:
         x = layers.Dropout(config.dropout, name="head_dropout")(x)
@@ -106,6 +138,11 @@ def build_classifier(config: ModelConfig) -> keras.Model:
         config.num_classes, activation="softmax", kernel_regularizer=regulariser, name="probs"
     )(x)
     return keras.Model(inputs, outputs, name=CLASSIFIER_NAME)
+
+
+def load_classifier(path: str | Path) -> keras.Model:
+    """A saved classifier (``checkpoints/best.keras``), with this module's layers known to Keras."""
+    return keras.models.load_model(path, compile=False, custom_objects={"PerImageContrast": PerImageContrast})
 
 
 def build_training_model(classifier: keras.Model) -> keras.Model:

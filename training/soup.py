@@ -81,10 +81,9 @@ def soup_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[float] |
              command: list[str] | None = None) -> tuple[dict, dict]:
     """Average the runs' best checkpoints into OUT_DIR (checkpoints/best.keras, model.onnx, model.json,
     metrics.json, plots). Returns the metrics and the export parity figures."""
-    import keras
-
     from . import evaluate as ev
     from .export import export_onnx
+    from .model import load_classifier
     from .train import save_model_atomic
 
     ingredients = [_ingredient(d) for d in run_dirs]
@@ -93,7 +92,7 @@ def soup_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[float] |
     first_run, first_config, first_card = ingredients[0]
     model: ModelConfig = first_config.train.model
     labels = list(first_card["labels"])
-    networks = [keras.models.load_model(run.best, compile=False) for run, _, _ in ingredients]
+    networks = [load_classifier(run.best) for run, _, _ in ingredients]
     soup = networks[0]
     soup.set_weights(average_weights([n.get_weights() for n in networks], shares))
 

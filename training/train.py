@@ -41,6 +41,7 @@ from .model import (
     build_classifier,
     build_training_model,
     classifier_of,
+    load_classifier,
     set_trainable,
 )
 
@@ -369,7 +370,7 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
 
     classifier = build_classifier(config.model)
     if config.init_from and not state.checkpoint:
-        start = keras.models.load_model(config.init_from, compile=False)
+        start = load_classifier(config.init_from)
         try:
             classifier.set_weights(start.get_weights())
         except ValueError as exc:

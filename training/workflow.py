@@ -203,16 +203,15 @@ def _plot_data(splits: dict[str, Dataset], run: RunDir) -> None:
 
 def export_run(run_root: Path, flip_tta: bool | None = None) -> dict:
     """best.keras -> model.onnx, verified against Keras on stored real validation images."""
-    import keras
-
     from .export import export_onnx
+    from .model import load_classifier
 
     run = RunDir(run_root)
     config = RunConfig.from_dict(json.loads(run.config.read_text()))
     if not run.best.exists():
         raise DatasetError(f"{run.best}: no trained checkpoint to export; train first")
     tta = config.flip_tta if flip_tta is None else flip_tta
-    classifier = keras.models.load_model(run.best, compile=False)
+    classifier = load_classifier(run.best)
     images = np.load(run.checkpoints / "parity_images.npy")[..., None].astype(np.float32)
     parity = export_onnx(classifier, run.onnx, images, flip_tta=tta)
     write_json_atomic(run.root / "export.json", {"parity": parity, "parameters": int(classifier.count_params())})
@@ -262,6 +261,7 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
             "range": [0, 255],
             "layout": "NHWC",
             "note": "greyscale face crop resized to height x width; scaling and normalisation happen in the graph",
+            "normalise": model.normalise,  # in the graph: "fixed" 0-255 to [-1, 1], or "per-image" contrast
         },
         "output": {"name": "probs", "kind": "probabilities", "order": "labels"},
         "backbone": {

@@ -27,7 +27,7 @@ def benchmark_json(path: Path, split: str) -> Path:
         "robustness": {"mean_accuracy": 0.65, "conditions": {
             "jpeg_q25": {"images": 3589, "accuracy": 0.66},
             "in_frame_60px": {"images": 600, "accuracy": 0.64, "detection_rate": 0.76},
-        }},
+        }, "lighting": {"dim_x0.25": {"images": 3589, "accuracy": 0.61, "ferplus_accuracy": 0.7}}},
     }))  # fmt: skip
     return path
 
@@ -67,7 +67,8 @@ def test_a_run_replaces_the_bundled_model_card_and_plots(tmp_path: Path) -> None
     assert public["ferplus"]["majority_accuracy"] == 0.77 and "confusion_matrix" not in public
     assert public["robustness"] == {"mean_accuracy": 0.65,
                                     "conditions": {"jpeg_q25": 0.66, "in_frame_60px": 0.64},
-                                    "detection_rate": {"in_frame_60px": 0.76}}
+                                    "detection_rate": {"in_frame_60px": 0.76},
+                                    "lighting": {"dim_x0.25": 0.61}}
     loaded = load_model_card(models / "model.onnx")
     assert loaded.crop_from_card and loaded.crop.scale == 0.95
     assert Classifier(loaded).predict(np.zeros((2, 48, 48, 1), np.float32)).shape == (2, 7)
