@@ -104,8 +104,19 @@ def trained_run(datasets, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def cnn3_run(datasets, tmp_path_factory) -> Path:
+    """A real 3-epoch `cnn3` run with a validation folder: a quick start for --init-from and soups."""
+    out = tmp_path_factory.mktemp("cnn3") / "run"
+    env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
+    result = subprocess.run(train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "3"),
+                            check=False, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
 def pytest_collection_modifyitems(items):
     """Every test that needs a real training run or a real CLI export (subprocesses, TensorFlow) is slow."""
     for item in items:
-        if {"trained_run", "cli_run", "real_images"} & set(getattr(item, "fixturenames", ())):
+        if {"trained_run", "cnn3_run", "cli_run", "real_images"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

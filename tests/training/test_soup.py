@@ -31,14 +31,13 @@ def _train(datasets, out: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ingredients(datasets, tmp_path_factory) -> tuple[Path, Path]:
+def ingredients(datasets, cnn3_run, tmp_path_factory) -> tuple[Path, Path]:
     """A run and a run fine-tuned from it with another seed and learning rate: what a soup is for (the shipped
     model's soups mixed a run with the run it started from)."""
-    root = tmp_path_factory.mktemp("soup")
-    first = _train(datasets, root / "a", "--epochs", "2")
-    start = str(first / "checkpoints" / "best.keras")
-    second = _train(datasets, root / "b", "--epochs", "2", "--init-from", start, "--seed", "9", "--lr", "2e-3")
-    return first, second
+    start = str(cnn3_run / "checkpoints" / "best.keras")
+    second = _train(datasets, tmp_path_factory.mktemp("soup") / "b", "--epochs", "2", "--init-from", start,
+                    "--seed", "9", "--lr", "2e-3")
+    return cnn3_run, second
 
 
 def soup_command(*args: str | Path) -> subprocess.CompletedProcess:
