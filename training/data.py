@@ -184,6 +184,7 @@ def load_folder(
                 images, targets, kept = cached["images"], cached["targets"], list(cached["files"])
                 skipped = [tuple(s) for s in cached["skipped"].reshape(-1, 2).tolist()]
             log.info("%s: %d images from cache %s", root, len(targets), cache_file)
+            _log_skipped(root, skipped)  # every run's log names the files it left out, cached or not
             return Dataset(root, classes, images, targets, kept, content_hash, pattern, skipped)
         except (OSError, KeyError, ValueError) as exc:
             log.warning("%s: ignoring unreadable cache (%s), decoding again", cache_file, exc)
@@ -202,8 +203,7 @@ def load_folder(
         images_list.append(image)
         targets_list.append(target)
         kept.append(rel)
-    for rel, reason in skipped:
-        log.warning("skipped %s: %s", root / rel, reason)
+    _log_skipped(root, skipped)
     if not kept:
         raise DatasetError(f"{root}: none of the {len(entries)} image files could be decoded")
     images = np.stack(images_list).astype(np.uint8)
@@ -215,6 +215,11 @@ def load_folder(
     _write_cache(cache_file, images, targets, kept, skipped)
     log.info("%s: decoded %d images (%d skipped)", root, len(kept), len(skipped))
     return Dataset(root, classes, images, targets, kept, content_hash, pattern, skipped)
+
+
+def _log_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
+    for rel, reason in skipped:
+        log.warning("skipped %s: %s", root / rel, reason)
 
 
 def _write_cache(path: Path, images, targets, files, skipped) -> None:

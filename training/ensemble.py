@@ -295,6 +295,12 @@ def _shared_data(members: list[Member]) -> dict:
     return {"data": data[0]} if data[0] and all(d == data[0] for d in data) else {}
 
 
+def _ensemble_input(first: dict, inputs: list[dict]) -> dict:
+    """The members' input contract; when their graphs normalise differently, the card names every way."""
+    ways = sorted({spec.get("normalise", "fixed") for spec in inputs})
+    return first if len(ways) == 1 else {**first, "normalise": " / ".join(ways)}
+
+
 def _card(members: list[Member], weights: list[float], parity: dict, results: dict, command: list[str]) -> dict:
     """The members' shared contract, plus what each member is and how the whole was measured."""
     first = members[0].card
@@ -305,8 +311,7 @@ def _card(members: list[Member], weights: list[float], parity: dict, results: di
         "format": CARD_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": list(first["labels"]),
-        "input": {**first["input"], "normalise": " / ".join(  # each member's graph normalises its own input
-            sorted({m.card["input"].get("normalise", "fixed") for m in members}))},
+        "input": _ensemble_input(first["input"], [m.card["input"] for m in members]),
         "output": {"name": OUTPUT_NAME, "kind": "probabilities", "order": "labels"},
         "backbone": {"name": f"ensemble of {len(members)}: {', '.join(names)}", "members": backbones},
         "tta": f"weighted mean of {len(members)} members inside the graph; each member's own TTA: "
