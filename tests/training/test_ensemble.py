@@ -276,3 +276,17 @@ def test_other_usage_errors(tmp_path, case, words):
     assert result.exit_code == 2, result.output
     for word in words:
         assert word in result.output
+
+
+@pytest.mark.parametrize(
+    "members, normalise",
+    [
+        ([{}, {}], None),  # cards from before --normalise: the contract is kept as it is
+        ([{"normalise": "per-image"}, {"normalise": "per-image"}], "per-image"),
+        ([{}, {"normalise": "per-image"}], "fixed / per-image"),  # each member's graph normalises its own input
+    ],
+)
+def test_the_card_names_the_members_normalisations(members, normalise):
+    inputs = [{"name": "image", "height": 48, **m} for m in members]
+    got = ensemble._ensemble_input(inputs[0], inputs)
+    assert got.get("normalise") == normalise and got["height"] == 48
