@@ -141,8 +141,8 @@ def build_classifier(config: ModelConfig) -> keras.Model:
 
 
 def load_classifier(path: str | Path) -> keras.Model:
-    """A saved classifier (``checkpoints/best.keras``), with this module's layers known to Keras."""
-    return keras.models.load_model(path, compile=False, custom_objects={"PerImageContrast": PerImageContrast})
+    """A saved classifier (``checkpoints/best.keras``); importing this module registers its layers with Keras."""
+    return keras.models.load_model(path, compile=False)
 
 
 def build_training_model(classifier: keras.Model) -> keras.Model:
