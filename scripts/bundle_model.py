@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from emotion_batch.digest import sha256_file
 from emotion_train.artifacts import install_file, write_json_atomic
 
 PLOTS = ("confusion_test.png", "confusion_val.png", "training_curves.png")
@@ -47,6 +48,9 @@ def lineage(run_dir: Path) -> list[dict]:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     init_from = config.get("train", {}).get("init_from")
     while init_from:
+        if Path(init_from).suffix == ".onnx":  # an exported model (e.g. the bundled one): its card has the rest
+            chain.append(_exported_ancestor(Path(init_from)))
+            break
         ancestor = Path(init_from).parent.parent  # RUN/checkpoints/best.keras
         if str(ancestor) in {link["run"] for link in chain}:
             break  # a loop of runs (only by hand-edited configs); each is listed once
@@ -60,6 +64,19 @@ def lineage(run_dir: Path) -> list[dict]:
                       "best_epoch": training.get("best_epoch"), "epochs_run": training.get("epochs_run")})
         init_from = config.get("train", {}).get("init_from")
     return chain
+
+
+def _exported_ancestor(model: Path) -> dict:
+    """An exported graph a run started from: its digest, its card's command, and the card's own lineage."""
+    card_path = model.with_name("model.json")
+    if not model.is_file() or not card_path.is_file():
+        return {"model": str(model), "missing": True}
+    training = json.loads(card_path.read_text()).get("training", {})
+    link = {"model": str(model), "sha256": sha256_file(model), "command": training.get("command"),
+            "best_epoch": training.get("best_epoch"), "epochs_run": training.get("epochs_run")}
+    if training.get("lineage"):
+        link["lineage"] = training["lineage"]
+    return link
 
 
 def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> dict:

@@ -161,8 +161,9 @@ def main() -> None:
 @click.option("--label-weight", type=click.FloatRange(0, 1), default=None,
               help="With --labels: share of each voted target kept from the folder label.  [default: 0]")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Start from a trained run's checkpoints/best.keras (same backbone and sizes) instead of "
-                   "--weights: e.g. to fine-tune a run on other labels.")
+              help="Start from a trained run's checkpoints/best.keras, or an exported model.onnx such as the "
+                   "bundled models/model.onnx (same backbone and sizes), instead of --weights: e.g. to fine-tune "
+                   "on your own faces or on other labels.")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the horizontally flipped image's prediction inside the exported graph.")
 @click.option("--seed", type=int, default=42, show_default=True)

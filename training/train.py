@@ -66,7 +66,7 @@ class TrainConfig:
     augmentation: dict | None = None  # AugmentConfig fields overriding its defaults (strength/erasing above)
     labels: str | None = None  # a votes CSV (multi-rater soft labels); see training/labels.py
     label_weight: float = 0.0  # share of each voted target that stays the folder's one-hot label
-    init_from: str | None = None  # a trained run's best.keras to start from (its architecture must match)
+    init_from: str | None = None  # a run's best.keras or an exported model.onnx to start from (same architecture)
     patience: int = 8  # epochs without a better val accuracy before stage 2 stops
     seed: int = 42
     teacher: str | None = None  # an exported model.onnx whose probabilities join the targets (distillation)
@@ -317,6 +317,36 @@ class AugmentedBatches(keras.utils.PyDataset):
         return images[..., None].astype(np.float32), targets, self.weights[rows]
 
 
+#: Training faces that give an imported graph's batch norms their statistics (`onnx_import`).
+IMPORT_CALIBRATION_IMAGES = 1024
+
+
+def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
+    """The network ``--init-from`` names: a run's ``best.keras``, or an exported ``model.onnx`` rebuilt in Keras.
+
+    An exported graph (the bundled model, say) is rebuilt with its own normalisation, read from the card beside
+    it, and checked against onnxruntime; its weights then start this run whatever this run's normalisation is.
+    """
+    path = Path(config.init_from or "")
+    if path.suffix != ".onnx":
+        return load_classifier(path)
+    from .onnx_import import card_of, import_onnx
+
+    card = card_of(path)
+    normalise = card.get("input", {}).get("normalise", "fixed")
+    start = build_classifier(dataclasses.replace(config.model, weights="none", normalise=normalise))
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(len(train.images), size=min(IMPORT_CALIBRATION_IMAGES, len(train.images)), replace=False)
+    try:
+        diff = import_onnx(start, path, train.images[np.sort(sample), ..., None].astype(np.float32),
+                           flip_tta=bool(card.get("export", {}).get("flip_tta")))
+    except ValueError as exc:
+        raise WeightsUnavailable(f"--init-from {path}: {exc}") from None
+    log.info("rebuilt %s in Keras (%s normalisation; largest probability difference %.1e on %d training faces)",
+             path, normalise, diff, len(sample))
+    return start
+
+
 def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(targets [N, C], keep mask [N]): one-hot, or vote-blended with --labels, then teacher-blended (unless
     the teacher runs online, on each batch)."""
@@ -370,7 +400,7 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
 
     classifier = build_classifier(config.model)
     if config.init_from and not state.checkpoint:
-        start = load_classifier(config.init_from)
+        start = starting_classifier(config, train)
         try:
             classifier.set_weights(start.get_weights())
         except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 import subprocess
@@ -132,3 +133,25 @@ def test_a_soup_carries_each_ingredients_chain_and_curves(tmp_path: Path) -> Non
     assert [i["lineage"][0]["run"] for i in bundled["ingredients"]] == [str(base), str(base)]
     assert (models / "training_curves_1.png").read_bytes() == b"curves of a"
     assert (models / "training_curves_2.png").read_bytes() == b"curves of b"
+
+
+def test_a_run_started_from_an_exported_model_carries_that_models_card(tmp_path: Path) -> None:
+    """`--init-from models/model.onnx`: the lineage names the graph by digest, with its card's command and chain."""
+    bundle_model = _bundle_module()
+    first = _fine_tuned_run(tmp_path / "first", None, 7)
+    shipped = _fine_tuned_run(tmp_path / "shipped", first, 5)
+    card = json.loads((shipped / "model.json").read_text())
+    card["training"]["lineage"] = bundle_model.lineage(shipped)
+    (shipped / "model.json").write_text(json.dumps(card))
+    tuned = _fine_tuned_run(tmp_path / "tuned", None, 3)
+    config = json.loads((tuned / "config.json").read_text())
+    config["train"]["init_from"] = str(shipped / "model.onnx")
+    (tuned / "config.json").write_text(json.dumps(config))
+
+    chain = bundle_model.lineage(tuned)
+    assert len(chain) == 1 and chain[0]["model"] == str(shipped / "model.onnx")
+    assert chain[0]["sha256"] == hashlib.sha256((shipped / "model.onnx").read_bytes()).hexdigest()
+    assert chain[0]["best_epoch"] == 5 and [link["run"] for link in chain[0]["lineage"]] == [str(first)]
+
+    (shipped / "model.json").unlink()  # a graph without its card is named, not guessed
+    assert bundle_model.lineage(tuned) == [{"model": str(shipped / "model.onnx"), "missing": True}]
