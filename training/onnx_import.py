@@ -115,7 +115,7 @@ def _exported_layers(path: Path) -> dict[str, _Affine]:
         affine = _Affine(kernel.astype(np.float32), scale.astype(np.float32), shift.astype(np.float32))
         if name in layers and not _same(layers[name], affine):
             raise GraphImportError(f"{path}: layer {name} appears twice with different weights (an ensemble?); "
-                               "import a single network")
+                                   "import a single network")
         layers[name] = affine  # a flip-TTA export runs the one network twice: the same weights, twice
     return layers
 
@@ -154,7 +154,7 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
     onnxruntime; raises `GraphImportError` when the graph does not fit the classifier or the rebuilt network does
     not reproduce it.
     """
-    import keras
+    from keras.layers import DepthwiseConv2D
 
     from .model import backbone_of
 
@@ -166,35 +166,35 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
     missing = [name for name in expected if name not in exported]
     if missing:
         raise GraphImportError(f"{path}: no exported weights for {len(missing)} layer(s) of this architecture "
-                           f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); is it the same "
-                           "backbone, and exported by this trainer?")
+                               f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); is it the same "
+                               "backbone, and exported by this trainer?")
 
     def shaped(layer, kernel: np.ndarray) -> np.ndarray:
         want = tuple(layer.get_weights()[0].shape)
         if kernel.shape != want:
             raise GraphImportError(f"{path}: layer {layer.name} has shape {kernel.shape} in the graph and {want} "
-                               "here; the backbone, alpha or input size differ")
+                                   "here; the backbone, alpha or input size differ")
         return kernel
 
     # Pass 1: kernels, and batch norms that compute the exported affine map with placeholder statistics.
     for conv, bn in pairs:
         affine = exported[conv.name]
-        if bn is None:
-            conv.set_weights([shaped(conv, affine.kernel), affine.shift][: len(conv.get_weights())])
+        kernel = shaped(conv, affine.kernel)
+        if bn is None:  # the exported map goes into the convolution itself (a bias-free one: exactly when 0)
+            per_channel = affine.scale.reshape(-1, 1) if isinstance(conv, DepthwiseConv2D) else affine.scale
+            conv.set_weights([kernel * per_channel, affine.shift][: len(conv.get_weights())])
             continue
-        conv.set_weights([shaped(conv, affine.kernel)])
+        bias = [np.zeros_like(affine.shift)] if len(conv.get_weights()) == 2 else []  # folded into the shift
+        conv.set_weights([kernel, *bias])
         _set_batch_norm(bn, affine, np.zeros_like(affine.scale), np.ones_like(affine.scale))
     dense = exported[head.name]
     head.set_weights([shaped(head, dense.kernel * dense.scale), dense.shift])
 
     # Pass 2: the statistics of every convolution's output on real faces; the map stays exact.
     with_bn = [(conv, bn) for conv, bn in pairs if bn is not None]
-    probe = keras.Model(backbone.inputs, [conv.output for conv, _ in with_bn])
-    feeder = keras.Model(classifier.inputs, backbone_input(classifier))
-    outputs = probe.predict(feeder.predict(images, verbose=0, batch_size=128), verbose=0, batch_size=128)
-    for (conv, bn), values in zip(with_bn, outputs, strict=True):
-        axes = tuple(range(values.ndim - 1))
-        _set_batch_norm(bn, exported[conv.name], values.mean(axis=axes), values.var(axis=axes))
+    for (conv, bn), (mean, var) in zip(with_bn, _output_statistics(classifier, [c for c, _ in with_bn], images),
+                                       strict=True):
+        _set_batch_norm(bn, exported[conv.name], mean, var)
 
     got = classifier.predict(images, verbose=0, batch_size=128)
     if flip_tta:
@@ -207,11 +207,31 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
     return diff
 
 
-def backbone_input(classifier):
-    """The tensor the classifier feeds its backbone (after resizing, grey-to-RGB and normalisation)."""
+def _output_statistics(classifier, convs: list, images: np.ndarray, batch: int = 128) -> list:
+    """Per-channel (mean, variance) of each of ``convs``' outputs over ``images``, accumulated batch by batch."""
+    import keras
+
     from .model import backbone_of
 
-    return backbone_of(classifier)._inbound_nodes[-1].input_tensors[0]
+    backbone = backbone_of(classifier)
+    # The layer just before the backbone (normalisation or grey-to-RGB) outputs what the backbone is fed.
+    feeder = keras.Model(classifier.inputs[0], classifier.layers[classifier.layers.index(backbone) - 1].output)
+    probe = keras.Model(backbone.inputs[0], [conv.output for conv in convs])
+    sums = [np.zeros(conv.output.shape[-1]) for conv in convs]
+    squares = [np.zeros(conv.output.shape[-1]) for conv in convs]
+    values_per_channel = [0] * len(convs)  # faces x positions: each layer has its own resolution
+    for start in range(0, len(images), batch):
+        outputs = probe(feeder(images[start : start + batch], training=False), training=False)
+        for i, output in enumerate(outputs):
+            values = np.asarray(output, dtype=np.float64).reshape(-1, output.shape[-1])
+            sums[i] += values.sum(axis=0)
+            squares[i] += np.square(values).sum(axis=0)
+            values_per_channel[i] += values.shape[0]
+    statistics = []
+    for total, square, n in zip(sums, squares, values_per_channel, strict=True):
+        mean = total / n
+        statistics.append((mean, np.maximum(square / n - mean**2, 0.0)))
+    return statistics
 
 
 def _set_batch_norm(bn, affine: _Affine, mean: np.ndarray, var: np.ndarray) -> None:
