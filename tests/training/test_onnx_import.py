@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -70,10 +71,21 @@ def test_another_architecture_is_refused_with_the_reason(faces):
         import_onnx(small, BUNDLED, faces)
 
 
+def _with_crop(run: Path, folder: Path) -> Path:
+    """A copy of a run's export whose card carries a measured crop, as the bundled card does."""
+    folder.mkdir()
+    shutil.copy(run / "model.onnx", folder / "model.onnx")
+    card = json.loads((run / "model.json").read_text())
+    card["crop"] = {"scale": 0.93, "offset_x": -0.01, "offset_y": -0.02}
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder / "model.onnx"
+
+
 def test_init_from_an_exported_run(cnn3_run, datasets, tmp_path):
-    """A run's model.onnx (exported with flip TTA, the default) starts a fine-tune as its best.keras would."""
+    """A run's model.onnx (exported with flip TTA, the default) starts a fine-tune as its best.keras would, and a
+    run on the same images keeps the card's measured framing."""
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
-    exported = cnn3_run / "model.onnx"
+    exported = _with_crop(cnn3_run, tmp_path / "start")
     assert json.loads((cnn3_run / "model.json").read_text())["export"]["flip_tta"] is True
     out = tmp_path / "from-onnx"
     command = train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
@@ -85,9 +97,42 @@ def test_init_from_an_exported_run(cnn3_run, datasets, tmp_path):
     scratch = json.loads((cnn3_run / "checkpoints" / "state.json").read_text())["history"][0]
     first_epoch = json.loads((out / "checkpoints" / "state.json").read_text())["history"][0]
     assert first_epoch["val_loss"] < scratch["val_loss"] / 4 and first_epoch["val_accuracy"] > 0.9
+    crop = json.loads((out / "model.json").read_text())["crop"]
+    log = (out / "train.log").read_text()
+    assert crop == {"scale": 0.93, "offset_x": -0.01, "offset_y": -0.02,
+                    "inherited_from": str(exported.with_name("model.json"))}
+    assert f"crop framing from {exported.with_name('model.json')}, trained on the same images" in log
+    # The run it started from was trained from scratch, with no crop: its log says how to measure one.
+    measure = f"scripts/measure_framing.py --fer {datasets['train'].parent} --split train --card"
+    assert "has no crop" in (cnn3_run / "train.log").read_text() and measure in (cnn3_run / "train.log").read_text()
 
     # The bundled MobileNetV2 does not fit a cnn3 run: one line naming the file and the reason, nothing else.
     refused = train_command(datasets["train"], tmp_path / "refused", "--epochs", "2", "--init-from", str(BUNDLED))
     result = subprocess.run(refused, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"--init-from {BUNDLED}" in result.stderr and "no exported weights" in result.stderr
+
+
+@pytest.mark.parametrize(("start", "same_images", "inherits"), [
+    ("onnx", True, True),
+    ("keras", True, True),  # RUN/checkpoints/best.keras: the card in RUN
+    ("onnx", False, False),  # framing belongs to the images: other images, no crop
+])
+def test_only_a_run_on_the_same_images_inherits_the_framing(cnn3_run, datasets, tmp_path, start, same_images,
+                                                              inherits):
+    from emotion_train.data import load_folder
+    from emotion_train.workflow import inherited_crop
+
+    if start == "onnx":
+        init_from = _with_crop(cnn3_run, tmp_path / "start")
+    else:
+        run = tmp_path / "run"
+        shutil.copytree(cnn3_run, run)
+        _with_crop(cnn3_run, tmp_path / "card")
+        shutil.copy(tmp_path / "card" / "model.json", run / "model.json")
+        init_from = run / "checkpoints" / "best.keras"
+    train = load_folder(datasets["train" if same_images else "test"], 40, cache_dir=tmp_path / "cache")
+    crop = inherited_crop(str(init_from), train)
+    assert (crop is not None) == inherits
+    if inherits:
+        assert crop["scale"] == 0.93 and crop["inherited_from"].endswith("model.json")
