@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from emotion_batch.digest import sha256_file
-from emotion_train.artifacts import install_file, write_json_atomic
+from emotion_train.artifacts import card_path_of, install_file, write_json_atomic
 
 PLOTS = ("confusion_test.png", "confusion_val.png", "training_curves.png")
 
@@ -68,7 +68,7 @@ def lineage(run_dir: Path) -> list[dict]:
 
 def _exported_ancestor(model: Path) -> dict:
     """An exported graph a run started from: its digest, its card's command, and the card's own lineage."""
-    card_path = model.with_name("model.json")
+    card_path = card_path_of(model)
     if not model.is_file() or not card_path.is_file():
         return {"model": str(model), "missing": True}
     training = json.loads(card_path.read_text()).get("training", {})

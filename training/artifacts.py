@@ -28,6 +28,14 @@ def install_file(source: Path, dest: Path) -> None:
         shutil.copyfile(source, pending.path)
 
 
+def card_path_of(start: Path) -> Path:
+    """Where the card of a network a run can start from (``--init-from``) lies, whether or not it exists.
+
+    An exported ``model.onnx`` has its ``model.json`` beside it; ``RUN/checkpoints/best.keras`` has it in RUN.
+    """
+    return start.with_name("model.json") if start.suffix == ".onnx" else start.parent.parent / "model.json"
+
+
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()

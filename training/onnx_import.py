@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import card_path_of
 from .export import PARITY_TOLERANCE, onnx_probabilities
 
 
@@ -45,7 +46,7 @@ class _Affine:
 
 def card_of(onnx_path: Path) -> dict:
     """The model card beside an exported graph (``model.json``); empty when there is none."""
-    card = onnx_path.with_name("model.json")
+    card = card_path_of(onnx_path)
     return json.loads(card.read_text()) if card.is_file() else {}
 
 

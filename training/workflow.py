@@ -21,7 +21,7 @@ import numpy as np
 from emotion_batch.digest import sha256_file
 
 from . import evaluate as ev
-from .artifacts import write_json_atomic
+from .artifacts import card_path_of, write_json_atomic
 from .data import (
     Dataset,
     DatasetError,
@@ -328,8 +328,7 @@ def inherited_crop(init_from: str | None, train: Dataset) -> dict | None:
     """
     if not init_from:
         return None
-    start = Path(init_from)  # an exported model.onnx beside its card, or RUN/checkpoints/best.keras
-    card_path = start.with_name("model.json") if start.suffix == ".onnx" else start.parent.parent / "model.json"
+    card_path = card_path_of(Path(init_from))
     if not card_path.is_file():
         return None
     card = json.loads(card_path.read_text())
