@@ -38,6 +38,7 @@ from .labels import read_votes, soft_targets
 from .model import (
     ModelConfig,
     WeightsUnavailable,
+    backbone_of,
     build_classifier,
     build_training_model,
     classifier_of,
@@ -334,7 +335,9 @@ def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
 
     card = card_of(path)
     normalise = card.get("input", {}).get("normalise", "fixed")
-    start = build_classifier(dataclasses.replace(config.model, weights="none", normalise=normalise))
+    classes = len(card.get("labels", [])) or config.model.num_classes
+    start = build_classifier(dataclasses.replace(config.model, weights="none", normalise=normalise,
+                                                 num_classes=classes))
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(len(train.images), size=min(IMPORT_CALIBRATION_IMAGES, len(train.images)), replace=False)
     try:
@@ -345,6 +348,29 @@ def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
     log.info("rebuilt %s in Keras (%s normalisation; largest probability difference %.1e on %d training faces)",
              path, normalise, diff, len(sample))
     return start
+
+
+def start_from(classifier: keras.Model, start: keras.Model, source: str, labels: list[str]) -> None:
+    """Copy ``start``'s weights into ``classifier``; with another number of classes, all but the head's.
+
+    A start trained on other classes (the bundled model's seven, say, for a five-class study) still gives its
+    backbone; the new head starts from scratch (and trains on the frozen backbone first when the run has a
+    stage 1: ``--head-epochs`` with ``--weights`` other than none).
+    """
+    start_classes = start.output_shape[-1]
+    try:
+        if start_classes == len(labels):
+            classifier.set_weights(start.get_weights())
+        else:
+            backbone_of(classifier).set_weights(backbone_of(start).get_weights())
+    except ValueError as exc:
+        raise WeightsUnavailable(f"--init-from {source}: its architecture differs from this run's backbone and "
+                                 f"sizes ({exc})") from None
+    if start_classes == len(labels):
+        log.info("starting from the weights of %s", source)
+    else:
+        log.info("starting from the backbone of %s, with a new head: it has %d classes and these data %d (%s)",
+                 source, start_classes, len(labels), ", ".join(labels))
 
 
 def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -400,13 +426,7 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
 
     classifier = build_classifier(config.model)
     if config.init_from and not state.checkpoint:
-        start = starting_classifier(config, train)
-        try:
-            classifier.set_weights(start.get_weights())
-        except ValueError as exc:
-            raise WeightsUnavailable(f"--init-from {config.init_from}: its architecture differs from this run's "
-                                     f"backbone and sizes ({exc})") from None
-        log.info("starting from the weights of %s", config.init_from)
+        start_from(classifier, starting_classifier(config, train), config.init_from, train.labels)
     model = build_training_model(classifier)
     compiled_stage = 0
     for stage, stage_end in ((1, config.stage1_epochs), (2, config.epochs)):
