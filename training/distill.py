@@ -49,7 +49,7 @@ def _teacher_session(teacher: Path, threads: int):
         raise DatasetError(f"{teacher}: not a loadable ONNX model ({exc})") from exc
 
 
-def _fit_to_input(images: np.ndarray, side: int) -> np.ndarray:
+def fit_to_input(images: np.ndarray, side: int) -> np.ndarray:
     """uint8 [N, S, S] -> float32 [N, side, side, 1] in 0-255, resized as the runtime resizes crops."""
     if images.shape[1] != side:
         interpolation = cv2.INTER_AREA if images.shape[1] > side else cv2.INTER_LINEAR
@@ -91,7 +91,7 @@ class Teacher:
 
     def __call__(self, images: np.ndarray, mirror: bool = False) -> np.ndarray:
         """Probabilities for uint8 [N, S, S] images; ``mirror`` averages them with the mirror images'."""
-        x = _fit_to_input(images, self._side or images.shape[1])
+        x = fit_to_input(images, self._side or images.shape[1])
         probs = self._run(x)
         if mirror:
             probs = (probs + self._run(x[:, :, ::-1])) / 2

@@ -32,6 +32,7 @@ from .distill import (
     Teacher,
     blend_targets,
     cached_teacher_probabilities,
+    fit_to_input,
     pin_teacher,
 )
 from .labels import read_votes, soft_targets
@@ -336,12 +337,14 @@ def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
     card = card_of(path)
     normalise = card.get("input", {}).get("normalise", "fixed")
     classes = len(card.get("labels", [])) or config.model.num_classes
+    side = int(card.get("input", {}).get("height", config.model.image_size))  # the graph's input; no weights
     start = build_classifier(dataclasses.replace(config.model, weights="none", normalise=normalise,
-                                                 num_classes=classes))
+                                                 num_classes=classes, image_size=side))
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(len(train.images), size=min(IMPORT_CALIBRATION_IMAGES, len(train.images)), replace=False)
+    faces = fit_to_input(train.images[np.sort(sample)], side)  # at the graph's own input size
     try:
-        diff = import_onnx(start, path, train.images[np.sort(sample), ..., None].astype(np.float32),
+        diff = import_onnx(start, path, faces,
                            flip_tta=bool(card.get("export", {}).get("flip_tta")))
     except ValueError as exc:
         raise WeightsUnavailable(f"--init-from {path}: {exc}") from None

@@ -139,15 +139,17 @@ def test_only_a_run_on_the_same_images_inherits_the_framing(cnn3_run, datasets, 
 
 
 def test_a_start_with_other_classes_gives_its_backbone(cnn3_run, datasets, tmp_path):
-    """Two classes of the three the start knows: its backbone starts the run, under a new two-class head."""
+    """Two classes of the three the start knows, stored at 32 px where the start's graph takes 40: its backbone
+    starts the run, under a new two-class head (the rebuild checks the graph on faces at its own size)."""
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     two = make_dataset(tmp_path / "two", per_class=60, seed=3, classes=("bars_h", "ring"))
     val = make_dataset(tmp_path / "two-val", per_class=20, seed=4, classes=("bars_h", "ring"))
     out = tmp_path / "two-class"
     command = train_command(two, out, "--val", str(val), "--epochs", "2", "--init-from",
-                            str(cnn3_run / "model.onnx"), "--lr", "1e-3")
+                            str(cnn3_run / "model.onnx"), "--lr", "1e-3", "--image-size", "32")
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "with a new head: it has 3 classes and these data 2 (bars_h, ring)" in (out / "train.log").read_text()
     card = json.loads((out / "model.json").read_text())
     assert card["labels"] == ["bars_h", "ring"] and card["metrics"]["val"]["accuracy"] > 0.9
+    assert card["input"]["height"] == 32 and json.loads((cnn3_run / "model.json").read_text())["input"]["height"] == 40
