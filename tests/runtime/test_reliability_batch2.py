@@ -191,6 +191,13 @@ def test_a_signal_right_after_start_exits_interrupted(tmp_path: Path, astronaut_
         assert proc.returncode == 0, stderr
         assert out.exists()
         return
+    if when != "first-handler" and f"results in {out}" in (stderr.strip().splitlines() or [""])[-1]:
+        # On a faster CPU the run can be over before 0.7 s: its last line says where the results are, and the
+        # signal came while Python was shutting down, where it ends the process as the default action does
+        # (or not at all, when it came after the exit status was set). The outputs are complete either way.
+        assert proc.returncode in (0, -sig), stderr
+        assert out.exists()
+        return
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "interrupted" in stderr.lower()
     assert not out.exists()
