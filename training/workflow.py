@@ -323,7 +323,7 @@ def inherited_crop(init_from: str | None, train: Dataset) -> dict | None:
 
     Framing is a property of the training images, not of the weights: a run fine-tuned from the bundled model
     on FER-2013 frames faces as the bundled model does, and without the card's `crop` the runtime would frame
-    them by its default (7 to 9 points lower on PublicTest faces found in a larger frame). A run on other
+    them by its default (6 to 9 points lower on PublicTest faces found in a larger frame). A run on other
     images gets no crop; `evaluate_run` then says how to measure one.
     """
     if not init_from:
