@@ -177,7 +177,8 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
                                    "here; the backbone, alpha or input size differ")
         return kernel
 
-    # Pass 1: kernels, and batch norms that compute the exported affine map with placeholder statistics.
+    # Pass 1: kernels, and batch norms that compute the exported affine map with placeholder statistics, so that
+    # every layer upstream of a convolution is already exact when pass 2 measures that convolution's output.
     for conv, bn in pairs:
         affine = exported[conv.name]
         kernel = shaped(conv, affine.kernel)
@@ -204,7 +205,7 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
     diff = float(np.abs(got - want).max())
     if not diff <= PARITY_TOLERANCE:
         raise GraphImportError(f"{path}: the rebuilt network differs from the graph by {diff:.2e} (tolerance "
-                           f"{PARITY_TOLERANCE:.0e}); was it exported with a different normalisation or TTA?")
+                               f"{PARITY_TOLERANCE:.0e}); was it exported with a different normalisation or TTA?")
     return diff
 
 
