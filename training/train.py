@@ -326,8 +326,9 @@ IMPORT_CALIBRATION_IMAGES = 1024
 def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
     """The network ``--init-from`` names: a run's ``best.keras``, or an exported ``model.onnx`` rebuilt in Keras.
 
-    An exported graph (the bundled model, say) is rebuilt with its own normalisation, read from the card beside
-    it, and checked against onnxruntime; its weights then start this run whatever this run's normalisation is.
+    An exported graph (the bundled model, say) is rebuilt as it was exported (its normalisation, stored image size
+    and in-graph input size, read from the card beside it) and checked against onnxruntime; its weights then start
+    this run whatever this run's normalisation and sizes are (the backbones take any input size).
     """
     path = Path(config.init_from or "")
     if path.suffix != ".onnx":
@@ -338,8 +339,9 @@ def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
     normalise = card.get("input", {}).get("normalise", "fixed")
     classes = len(card.get("labels", [])) or config.model.num_classes
     side = int(card.get("input", {}).get("height", config.model.image_size))  # the graph's input; no weights
+    upsampled = int(card.get("backbone", {}).get("input_size", config.model.input_size))  # resized to, in-graph
     start = build_classifier(dataclasses.replace(config.model, weights="none", normalise=normalise,
-                                                 num_classes=classes, image_size=side))
+                                                 num_classes=classes, image_size=side, input_size=upsampled))
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(len(train.images), size=min(IMPORT_CALIBRATION_IMAGES, len(train.images)), replace=False)
     faces = fit_to_input(train.images[np.sort(sample)], side)  # at the graph's own input size
@@ -348,8 +350,8 @@ def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
                            flip_tta=bool(card.get("export", {}).get("flip_tta")))
     except ValueError as exc:
         raise WeightsUnavailable(f"--init-from {path}: {exc}") from None
-    log.info("rebuilt %s in Keras (%s normalisation; largest probability difference %.1e on %d training faces)",
-             path, normalise, diff, len(sample))
+    log.info("rebuilt %s in Keras (%s normalisation, %d px in-graph; largest probability difference %.1e on %d "
+             "training faces)", path, normalise, upsampled, diff, len(sample))
     return start
 
 

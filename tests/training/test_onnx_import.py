@@ -93,7 +93,7 @@ def test_init_from_an_exported_run(cnn3_run, datasets, tmp_path):
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (out / "train.log").read_text()
-    assert f"rebuilt {exported} in Keras (fixed normalisation; largest probability difference" in log
+    assert f"rebuilt {exported} in Keras (fixed normalisation, 48 px in-graph; largest probability difference" in log
     scratch = json.loads((cnn3_run / "checkpoints" / "state.json").read_text())["history"][0]
     first_epoch = json.loads((out / "checkpoints" / "state.json").read_text())["history"][0]
     assert first_epoch["val_loss"] < scratch["val_loss"] / 4 and first_epoch["val_accuracy"] > 0.9
@@ -139,17 +139,21 @@ def test_only_a_run_on_the_same_images_inherits_the_framing(cnn3_run, datasets, 
 
 
 def test_a_start_with_other_classes_gives_its_backbone(cnn3_run, datasets, tmp_path):
-    """Two classes of the three the start knows, stored at 32 px where the start's graph takes 40: its backbone
-    starts the run, under a new two-class head (the rebuild checks the graph on faces at its own size)."""
+    """Two classes of the three the start knows, stored at 32 px where the start's graph takes 40, and upsampled
+    in-graph to 56 px where the start's upsamples to 48: its backbone starts the run, under a new two-class head
+    (the rebuild checks the graph as it was exported: faces at its own size, its own upsampling)."""
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     two = make_dataset(tmp_path / "two", per_class=60, seed=3, classes=("bars_h", "ring"))
     val = make_dataset(tmp_path / "two-val", per_class=20, seed=4, classes=("bars_h", "ring"))
     out = tmp_path / "two-class"
     command = train_command(two, out, "--val", str(val), "--epochs", "2", "--init-from",
-                            str(cnn3_run / "model.onnx"), "--lr", "1e-3", "--image-size", "32")
+                            str(cnn3_run / "model.onnx"), "--lr", "1e-3", "--image-size", "32", "--input-size", "56")
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "with a new head: it has 3 classes and these data 2 (bars_h, ring)" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "with a new head: it has 3 classes and these data 2 (bars_h, ring)" in log
+    assert "(fixed normalisation, 48 px in-graph; largest probability difference" in log
     card = json.loads((out / "model.json").read_text())
+    assert card["backbone"]["input_size"] == 56
     assert card["labels"] == ["bars_h", "ring"] and card["metrics"]["val"]["accuracy"] > 0.9
     assert card["input"]["height"] == 32 and json.loads((cnn3_run / "model.json").read_text())["input"]["height"] == 40
