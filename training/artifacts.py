@@ -36,6 +36,21 @@ def card_path_of(start: Path) -> Path:
     return start.with_name("model.json") if start.suffix == ".onnx" else start.parent.parent / "model.json"
 
 
+#: The keys of a card's ``crop`` that frame faces (the runtime's `CropGeometry`); any other key, such as
+#: ``inherited_from``, only says where the numbers came from.
+FRAMING_KEYS = ("scale", "offset_x", "offset_y")
+
+
+def framing_of(card: dict) -> dict | None:
+    """How a card's model wants faces framed: its ``crop`` without provenance notes; None when it has none.
+
+    Compare framings with this, not the raw ``crop``: two cards that frame faces the same way may still
+    differ in where they say the numbers came from.
+    """
+    crop = card.get("crop")
+    return {key: crop[key] for key in FRAMING_KEYS if key in crop} if crop else None
+
+
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from emotion_batch.digest import sha256_file
 from emotion_batch.files import atomic_path
 
-from .artifacts import write_json_atomic
+from .artifacts import framing_of, write_json_atomic
 from .evaluate import card_metrics
 from .export import OUTPUT_NAME, onnx_probabilities
 
@@ -126,7 +126,7 @@ def check_members(models: Sequence[onnx.ModelProto], cards: Sequence[dict], name
         if signature["output size"] != len(labels):
             raise EnsembleError(f"{name}: graph output has {signature['output size']} classes but its card "
                                 f"lists {len(labels)} labels")
-        crop = card.get("crop")
+        crop = framing_of(card)
         if crop and crop_from and crop != crop_from[0]:  # a run without a measured crop takes the others'
             raise EnsembleError(f"{name}: crop {crop} differs from {crop_from[1]}'s {crop_from[0]}; "
                                 "the runtime frames faces one way for the whole ensemble")

@@ -23,7 +23,7 @@ import numpy as np
 
 from emotion_batch.digest import sha256_file
 
-from .artifacts import write_json_atomic
+from .artifacts import framing_of, write_json_atomic
 from .config import ModelConfig
 from .data import load_folder
 from .ensemble import CARD_FORMAT, PARITY_IMAGES, normalised_weights
@@ -57,9 +57,11 @@ def _check_ingredients(ingredients: list[tuple[RunDir, RunConfig, dict]]) -> Non
             if a != b:
                 raise SoupError(f"{run.root}: {key} {b!r} differs from {first_run.root}'s {a!r}; only runs of one "
                                 "architecture can be averaged")
-        for key in ("labels", "input", "crop"):
+        for key in ("labels", "input"):
             if card.get(key) != first_card.get(key):
                 raise SoupError(f"{run.root}: its card's {key} differs from {first_run.root}'s")
+        if framing_of(card) != framing_of(first_card):
+            raise SoupError(f"{run.root}: its card's crop differs from {first_run.root}'s")
         if config.flip_tta != first_config.flip_tta:
             raise SoupError(f"{run.root}: flip TTA {config.flip_tta} differs from {first_run.root}'s")
 

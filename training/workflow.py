@@ -21,7 +21,7 @@ import numpy as np
 from emotion_batch.digest import sha256_file
 
 from . import evaluate as ev
-from .artifacts import card_path_of, write_json_atomic
+from .artifacts import card_path_of, framing_of, write_json_atomic
 from .data import (
     Dataset,
     DatasetError,
@@ -332,9 +332,8 @@ def inherited_crop(init_from: str | None, train: Dataset) -> dict | None:
     if not card_path.is_file():
         return None
     card = json.loads(card_path.read_text())
-    crop = card.get("crop")
+    framing = framing_of(card)
     trained_on = card.get("training", {}).get("data", {}).get("train", {}).get("sha256")
-    if not crop or trained_on != train.content_hash:
+    if not framing or trained_on != train.content_hash:
         return None
-    return {**{key: crop[key] for key in ("scale", "offset_x", "offset_y") if key in crop},
-            "inherited_from": str(card_path)}
+    return {**framing, "inherited_from": str(card_path)}

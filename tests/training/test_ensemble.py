@@ -201,8 +201,11 @@ def test_runtime_classifies_with_the_ensemble(cli_run):
 
 
 def test_cli_without_data_checks_on_noise(tmp_path):
-    """Also: a fresh run without a measured crop joins one that has it, and the ensemble keeps that crop."""
-    runs = [make_member(tmp_path / "run0", seed=0, crop=None), make_member(tmp_path / "run1", seed=1)]
+    """Also: a fresh run without a measured crop joins one that has it, and one whose crop frames faces the same
+    way but notes where it came from (a run that inherited the crop of its start); the ensemble keeps that crop."""
+    inherited = {**BUNDLED_CARD["crop"], "inherited_from": "runs/start/model.json"}
+    runs = [make_member(tmp_path / "run0", seed=0, crop=None), make_member(tmp_path / "run1", seed=1),
+            make_member(tmp_path / "run2", seed=2, crop=inherited)]
     result = CliRunner().invoke(main, ["ensemble", *map(str, runs), "--out", str(tmp_path / "ens")])
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "ens" / "model.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,31 @@ def test_runs_of_other_architectures_are_refused(datasets, ingredients, trained_
     assert f"{trained_run}: backbone 'mobilenetv3small' differs from" in result.stderr
     assert "only runs of one architecture" in result.stderr
     assert not (out / "model.onnx").exists()
+
+
+FRAMING = {"scale": 0.93, "offset_x": -0.01, "offset_y": -0.02}
+
+
+@pytest.mark.parametrize(("second_crop", "accepted"), [
+    ({**FRAMING, "inherited_from": "runs/a/model.json"}, True),  # the same framing, with a note on its source
+    ({**FRAMING, "scale": 1.2}, False),
+])
+def test_ingredients_must_frame_faces_alike(datasets, ingredients, tmp_path, second_crop, accepted):
+    runs = []
+    for run, crop in zip(ingredients, (FRAMING, second_crop), strict=True):
+        copy = tmp_path / run.name
+        shutil.copytree(run, copy)
+        card = json.loads((copy / "model.json").read_text())
+        (copy / "model.json").write_text(json.dumps({**card, "crop": crop}))
+        runs.append(copy)
+    out = tmp_path / "soup"
+    result = soup_command(*runs, "--out", out, "--val", datasets["test"])
+    if accepted:
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert json.loads((out / "model.json").read_text())["crop"] == FRAMING
+    else:
+        assert result.returncode == 1 and f"{runs[1]}: its card's crop differs" in result.stderr
+        assert not (out / "model.onnx").exists()
 
 
 def test_unfinished_run_is_refused(ingredients, datasets, tmp_path):
