@@ -10,6 +10,9 @@ Reports, on one FER-2013 split (default PrivateTest: report on it, never tune on
   detector, and degraded crops; each condition and the mean;
 - speed (median batch-1 run on one CPU thread, including any in-graph TTA) and file size, with the CPU model.
 
+``--json`` also keeps every condition's outcome face by face, so two models' results can be compared with a
+paired bootstrap: ``python scripts/compare_models.py A.json B.json``.
+
 Images are read with OpenCV as greyscale and classified through emotion_batch's own Classifier (one
 onnxruntime session, one thread), so the figures are the shipped runtime's.
 """
@@ -35,6 +38,7 @@ from emotion_train.generalisation import (
     expected_calibration_error,
     ferplus_scores,
     load_split,
+    outcomes,
     robustness,
 )
 
@@ -96,7 +100,7 @@ def main() -> None:
                                 split.votes.counts[keep], split.votes.other[keep], len(keep), split.votes.source))
     targets, labels = split.targets, list(EMOTIONS)
     probs = classify_crops(classifier, split.images)
-    predicted = probs.argmax(axis=1)
+    predicted, every = probs.argmax(axis=1), np.arange(len(targets))
     classes = per_class(targets, predicted, labels)
     confusion = np.zeros((len(labels), len(labels)), dtype=int)
     np.add.at(confusion, (targets, predicted), 1)
@@ -133,6 +137,10 @@ def main() -> None:
         "confusion_matrix": confusion.tolist(),
         "ferplus": ferplus_scores(probs, split.votes) if split.votes is not None else None,
         "robustness": suite,
+        # Face by face ('1' right, '0' wrong, '-' not scored), for scripts/compare_models.py.
+        "outcomes": {"fer2013": outcomes(probs, targets, every, len(targets)),
+                     **({"ferplus_majority": outcomes(probs, split.votes.majority(), every, len(targets))}
+                        if split.votes is not None else {})},
         "aligned_by_eyes": bool(eyes),
         "ms_per_face_batch1_1thread_median": statistics.median(timings),
         "ms_per_face_batch1_1thread_p90": float(np.percentile(timings, 90)),

@@ -14,7 +14,9 @@ Runs any exported model through emotion_batch's own runtime (detector, crop, cla
   (``mean_accuracy``) and, where FER+ votes are given, against the raters' majority (``mean_ferplus_accuracy``).
   Two *lighting* conditions (a dim face, a washed-out one) are reported beside the mean, not in it.
 
-Everything is seeded, so two models are compared on identical scenes.
+Everything is seeded, so two models are compared on identical scenes. Each condition also keeps its
+``outcomes``, one character per face of the split ('1' right, '0' wrong, '-' not scored): two models' results
+then line up face by face, and `training.paired` says whether their difference is larger than chance.
 """
 
 from __future__ import annotations
@@ -107,6 +109,20 @@ def ferplus_scores(probs: np.ndarray, votes: Votes) -> dict:
         "nll_vs_raters": float(nll.mean()),
         "ece_majority": expected_calibration_error(probs[scored], majority[scored]),
     }
+
+
+def outcomes(probs: np.ndarray, targets: np.ndarray, index: np.ndarray, total: int) -> str:
+    """One character per face of the split, in its order: '1' right, '0' wrong, '-' not scored.
+
+    ``probs`` are for the faces ``index`` (those a condition scored), ``targets`` for the whole split; a target
+    below 0 (no FER+ majority) leaves the face unscored.
+    """
+    marks = np.full(total, "-")
+    if len(index):
+        labels = targets[index]
+        known = labels >= 0
+        marks[index[known]] = np.where(probs.argmax(axis=1)[known] == labels[known], "1", "0")
+    return "".join(marks.tolist())
 
 
 def majority_accuracy(probs: np.ndarray, split: Split, index: np.ndarray) -> dict:
@@ -287,6 +303,7 @@ def in_frame_condition(classifier: Classifier, detector: Detector, split: Split,
         # same for every model); accuracy_all counts a missed face as wrong, as a user would see it.
         "accuracy": correct / len(index) if len(index) else math.nan,
         "accuracy_all": correct / len(split.images),
+        "outcomes": outcomes(probs, split.targets, index, len(split.images)),
     }
 
 
@@ -310,5 +327,7 @@ def _degraded(classifier: Classifier, split: Split, degrade: Callable[[np.ndarra
     """One crop condition: every face changed by ``degrade``, classified, scored against both labelings."""
     crops = np.stack([degrade(image, rng) for image in split.images])
     probs = classify_crops(classifier, crops)
+    every = np.arange(len(crops))
     return {"images": len(crops), "accuracy": accuracy(probs, split.targets),
-            **majority_accuracy(probs, split, np.arange(len(crops)))}
+            **majority_accuracy(probs, split, every),
+            "outcomes": outcomes(probs, split.targets, every, len(crops))}
