@@ -5,8 +5,8 @@
     python scripts/evaluate_model.py --split PublicTest --model B/model.onnx --json b.json
     python scripts/compare_models.py a.json b.json
 
-Both results must come from the same split, seed and ``--limit``. Rows: FER-2013 labels, FER+ majority, each
-robustness condition, the lighting conditions, and last the robustness mean (its conditions resampled
+Both results must come from the same split, seed and ``--limit`` (checked). Rows: FER-2013 labels, FER+
+majority, each robustness condition, the lighting conditions, and last the robustness mean (its conditions resampled
 together, since they share their faces). A row is marked ``*`` when its interval leaves zero out.
 """
 
@@ -18,6 +18,11 @@ import sys
 from pathlib import Path
 
 from emotion_train.paired import paired_differences
+
+#: What two results must share to line up face by face; results from before evaluate_model.py noted the seed
+#: and the limit ran with these defaults.
+SAME = ("split", "seed", "limit")
+DEFAULTS = {"seed": 0, "limit": 0}
 
 
 def outcomes_of(result: dict, path: Path) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -45,10 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"{path}: no such file (write it with scripts/evaluate_model.py --json)")
     results = [json.loads(path.read_text()) for path in (args.a, args.b)]
-    if results[0].get("split") != results[1].get("split"):
-        raise SystemExit(f"different splits: {results[0].get('split')} and {results[1].get('split')}")
+    for key in SAME:
+        values = [r.get(key, DEFAULTS.get(key)) for r in results]
+        if values[0] != values[1]:
+            raise SystemExit(f"{args.a} vs {args.b}: different {key} ({values[0]} and {values[1]}), so the faces "
+                             "were not scored in the same scenes; rerun one of them")
     (rows_a, mean_a), (rows_b, mean_b) = (outcomes_of(r, p) for r, p in zip(results, (args.a, args.b), strict=True))
     mean_of = mean_a if mean_a == mean_b else ()
+    if not mean_of:
+        print(f"no robustness mean: the two results ran different conditions ({', '.join(mean_a) or 'none'} and "
+              f"{', '.join(mean_b) or 'none'})", file=sys.stderr)
     try:
         differences = paired_differences(rows_a, rows_b, mean_of, draws=args.draws, seed=args.seed)
     except ValueError as exc:

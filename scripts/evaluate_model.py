@@ -129,6 +129,9 @@ def main() -> None:
         "model": str(card.path),
         "sha256": card.sha256,
         "split": f"FER-2013 {args.split} ({len(targets)} images)",
+        # What makes the scenes and degradations the same for two models (scripts/compare_models.py checks it).
+        "seed": args.seed,
+        "limit": args.limit,
         "cpu": cpu_model(),
         "accuracy": float(np.mean(predicted == targets)),
         "macro_f1": float(np.mean([c["f1"] for c in classes.values()])),

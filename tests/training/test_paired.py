@@ -103,3 +103,10 @@ def test_the_bundled_model_against_a_guessing_one_on_real_faces(tmp_path):
     refused = subprocess.run([sys.executable, SCRIPTS / "compare_models.py", tmp_path / "bundled.json",
                               tmp_path / "missing.json"], capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and "missing.json" in refused.stderr and "Traceback" not in refused.stderr
+
+    # Another seed draws other scenes and noise: its outcomes do not line up face by face, so it is refused.
+    assert bundled["seed"] == 0 and bundled["limit"] == 300
+    (tmp_path / "reseeded.json").write_text(json.dumps({**guessing, "seed": 1}))
+    refused = subprocess.run([sys.executable, SCRIPTS / "compare_models.py", tmp_path / "bundled.json",
+                              tmp_path / "reseeded.json"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and "different seed (0 and 1)" in refused.stderr, refused.stderr
