@@ -313,27 +313,51 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
     card["training"]["augmentation"] = config.train.augment_config().to_dict()
     if "crop" in previous:  # measured framing (scripts/measure_framing.py) survives re-export
         card["crop"] = previous["crop"]
-    elif crop := inherited_crop(config.train.init_from, splits["train"]):
+    elif crop := inherited_crop((config.train.init_from, config.train.teacher), splits["train"]):
         card["crop"] = crop
     return card
 
 
-def inherited_crop(init_from: str | None, train: Dataset) -> dict | None:
-    """The measured framing of the network a run started from, when that network was trained on the same images.
+def inherited_crop(sources: tuple[str | None, ...], train: Dataset) -> dict | None:
+    """The measured framing of a network a run learnt from, when that network was trained on the same images.
 
     Framing is a property of the training images, not of the weights: a run fine-tuned from the bundled model
     on FER-2013 frames faces as the bundled model does, and without the card's `crop` the runtime would frame
-    them by its default (6 to 9 points lower on PublicTest faces found in a larger frame). A run on other
-    images gets no crop; `evaluate_run` then says how to measure one.
+    them by its default (6 to 9 points lower on PublicTest faces found in a larger frame). `sources` are the
+    run's start (``--init-from``) and its teacher, in that order; the first whose card has a crop and was
+    trained on `train` gives it. So a run from ImageNet weights takes the crop of a teacher trained on the same
+    images; a run on other images gets none, and `evaluate_run` then says how to measure one.
     """
-    if not init_from:
-        return None
-    card_path = card_path_of(Path(init_from))
-    if not card_path.is_file():
-        return None
-    card = json.loads(card_path.read_text())
-    framing = framing_of(card)
-    trained_on = card.get("training", {}).get("data", {}).get("train", {}).get("sha256")
-    if not framing or trained_on != train.content_hash:
-        return None
-    return {**framing, "inherited_from": str(card_path)}
+    for source in sources:
+        if not source:
+            continue
+        card_path = card_path_of(Path(source))
+        if not card_path.is_file():
+            continue
+        card = json.loads(card_path.read_text())
+        framing = framing_of(card)
+        if framing and trained_on(card) == {train.content_hash}:
+            return {**framing, "inherited_from": str(card_path)}
+    return None
+
+
+def trained_on(card: dict) -> set[str]:
+    """The content hashes of the training images behind a card; empty when they cannot be known.
+
+    An ensemble's card (`emotion-train ensemble`) records no training data of its own, only where each member's
+    run lies, so its images are its members'; one member whose card cannot be read makes them unknown.
+    """
+    own = card.get("training", {}).get("data", {}).get("train", {}).get("sha256")
+    if own:
+        return {own}
+    hashes: set[str] = set()
+    for member in card.get("members", []):
+        run_dir = member.get("run_dir")
+        member_card = Path(run_dir) / "model.json" if run_dir else None
+        if member_card is None or not member_card.is_file():
+            return set()
+        member_hashes = trained_on(json.loads(member_card.read_text()))
+        if not member_hashes:
+            return set()
+        hashes |= member_hashes
+    return hashes

@@ -117,22 +117,36 @@ def test_init_from_an_exported_run(cnn3_run, datasets, tmp_path):
     ("onnx", True, True),
     ("keras", True, True),  # RUN/checkpoints/best.keras: the card in RUN
     ("onnx", False, False),  # framing belongs to the images: other images, no crop
+    ("teacher", True, True),  # a run from ImageNet weights takes its teacher's
+    ("ensemble teacher", True, True),  # an ensemble's images are its members'
+    ("ensemble teacher, member gone", True, False),  # images unknown: no crop
+    ("teacher", False, False),
 ])
 def test_only_a_run_on_the_same_images_inherits_the_framing(cnn3_run, datasets, tmp_path, start, same_images,
                                                               inherits):
     from emotion_train.data import load_folder
     from emotion_train.workflow import inherited_crop
 
-    if start == "onnx":
-        init_from = _with_crop(cnn3_run, tmp_path / "start")
-    else:
+    if start == "keras":
         run = tmp_path / "run"
         shutil.copytree(cnn3_run, run)
         _with_crop(cnn3_run, tmp_path / "card")
         shutil.copy(tmp_path / "card" / "model.json", run / "model.json")
-        init_from = run / "checkpoints" / "best.keras"
+        sources = (str(run / "checkpoints" / "best.keras"), None)
+    else:
+        exported = _with_crop(cnn3_run, tmp_path / "start")
+        sources = (str(exported), None) if start == "onnx" else (None, str(exported))
+    if start.startswith("ensemble"):
+        # An ensemble card as `emotion-train ensemble` writes it: a crop, members, no training data of its own.
+        member = tmp_path / "start" if not start.endswith("gone") else tmp_path / "missing"
+        card = json.loads((tmp_path / "start" / "model.json").read_text())
+        ensemble = {"labels": card["labels"], "crop": card["crop"], "training": {"kind": "ensemble"},
+                    "members": [{"run_dir": str(member), "weight": 0.5}, {"run_dir": str(cnn3_run), "weight": 0.5}]}
+        (tmp_path / "pair").mkdir()
+        (tmp_path / "pair" / "model.json").write_text(json.dumps(ensemble))
+        sources = (None, str(tmp_path / "pair" / "model.onnx"))
     train = load_folder(datasets["train" if same_images else "test"], 40, cache_dir=tmp_path / "cache")
-    crop = inherited_crop(str(init_from), train)
+    crop = inherited_crop(sources, train)
     assert (crop is not None) == inherits
     if inherits:
         assert crop["scale"] == 0.93 and crop["inherited_from"].endswith("model.json")
