@@ -26,7 +26,7 @@ import numpy as np
 
 from emotion_batch.schema import EMOTIONS
 from emotion_batch.vision.classification import Classifier, load_model_card
-from emotion_train.generalisation import classify_crops, load_split
+from emotion_train.generalisation import accuracy, classify_crops, load_split
 
 SHARED = Path(os.environ.get("EMOTION_BATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GRID = np.linspace(-0.8, 0.8, 33)
@@ -35,9 +35,8 @@ PENALTY = 10.0  # per point of FER+ accuracy below the floor: large enough that 
 
 def accuracies(log_probs: np.ndarray, offsets: np.ndarray, targets: np.ndarray, majority: np.ndarray) -> tuple:
     """(FER-2013 accuracy, FER+ majority accuracy) of argmax(log_probs + offsets); no majority: not scored."""
-    predicted = (log_probs + offsets).argmax(axis=1)
-    voted = majority >= 0
-    return float(np.mean(predicted == targets)), float(np.mean(predicted[voted] == majority[voted]))
+    shifted, voted = log_probs + offsets, majority >= 0
+    return accuracy(shifted, targets), accuracy(shifted[voted], majority[voted])
 
 
 def fit_offsets(log_probs: np.ndarray, targets: np.ndarray, majority: np.ndarray, floor: float) -> np.ndarray:
@@ -69,9 +68,9 @@ def held_out_change(log_probs: np.ndarray, targets: np.ndarray, majority: np.nda
         halves = (order[: len(order) // 2], order[len(order) // 2 :])
         for fit_on, score_on in (halves, halves[::-1]):
             offsets = fit_offsets(log_probs[fit_on], targets[fit_on], majority[fit_on], floor)
-            part = (log_probs[score_on], targets[score_on], majority[score_on])
-            after, before = accuracies(part[0], offsets, *part[1:]), accuracies(part[0], np.zeros_like(offsets),
-                                                                                  *part[1:])
+            held_out = (log_probs[score_on], targets[score_on], majority[score_on])
+            after = accuracies(held_out[0], offsets, *held_out[1:])
+            before = accuracies(held_out[0], np.zeros_like(offsets), *held_out[1:])
             changes.append((after[0] - before[0], after[1] - before[1]))
     fer, fer_plus = np.mean(changes, axis=0)
     return float(fer), float(fer_plus)

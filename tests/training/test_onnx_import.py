@@ -133,13 +133,13 @@ def test_only_a_run_on_the_same_images_inherits_the_framing(cnn3_run, datasets, 
         _with_crop(cnn3_run, tmp_path / "card")
         shutil.copy(tmp_path / "card" / "model.json", run / "model.json")
         sources = (str(run / "checkpoints" / "best.keras"), None)
-    else:
+    elif start in ("onnx", "teacher"):
         exported = _with_crop(cnn3_run, tmp_path / "start")
         sources = (str(exported), None) if start == "onnx" else (None, str(exported))
-    if start.startswith("ensemble"):
+    else:
         # An ensemble card as `emotion-train ensemble` writes it: a crop, members, no training data of its own.
-        member = tmp_path / "start" if not start.endswith("gone") else tmp_path / "missing"
-        card = json.loads((tmp_path / "start" / "model.json").read_text())
+        card = json.loads((_with_crop(cnn3_run, tmp_path / "start")).with_name("model.json").read_text())
+        member = tmp_path / ("missing" if start.endswith("gone") else "start")
         ensemble = {"labels": card["labels"], "crop": card["crop"], "training": {"kind": "ensemble"},
                     "members": [{"run_dir": str(member), "weight": 0.5}, {"run_dir": str(cnn3_run), "weight": 0.5}]}
         (tmp_path / "pair").mkdir()
