@@ -60,7 +60,9 @@ def frames(fps: float):
 
 def detect_all(spec, images) -> list[list[Detection]]:
     video = create_detector(spec)
-    photo = create_detector(dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH)))
+    photo = create_detector(
+        dataclasses.replace(spec, working_width=max(spec.working_width, PHOTO_MIN_WORKING_WIDTH))
+    )
     return [(video if kind == "video" else photo).detect(image) for *_, image, kind in images]
 
 
@@ -112,7 +114,9 @@ def save_pair(folder: Path, name: str, image, better: Detection, worse: Detectio
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fps", type=float, default=2.0)
     parser.add_argument("--crops", type=Path, help="save a picture of each overlapping pair here")
     args = parser.parse_args()
@@ -126,8 +130,12 @@ def main() -> None:
     if args.crops:
         args.crops.mkdir(parents=True, exist_ok=True)
 
-    print(f"{len(images)} sampled frames and photos, {sum(map(len, found))} boxes (NMS IoU {spec.nms_threshold})")
-    print("overlapping pairs (source, time, IoS, IoU, lower/higher area; higher-scoring box, lower-scoring box):")
+    print(
+        f"{len(images)} sampled frames and photos, {sum(map(len, found))} boxes (NMS IoU {spec.nms_threshold})"
+    )
+    print(
+        "overlapping pairs (source, time, IoS, IoU, lower/higher area; higher-scoring box, lower-scoring box):"
+    )
     pairs = []
     for (source, index, t, image, _), faces in zip(images, found):
         for i, a in enumerate(faces):
@@ -153,10 +161,14 @@ def main() -> None:
 
     print("boxes each rule removes (person in the labelled clips; null = a duplicate box, ? = not labelled):")
     for threshold in (0.25, 0.3, 0.35, 0.4):
-        removed = [(s, i, t, f) for (s, i, t, *_), faces in zip(images, found) for f in dropped(faces, 0, threshold)]
+        removed = [
+            (s, i, t, f) for (s, i, t, *_), faces in zip(images, found) for f in dropped(faces, 0, threshold)
+        ]
         report(f"IoS >= {threshold}", removed)
     for threshold in (0.15, 0.17, 0.2, 0.25):
-        removed = [(s, i, t, f) for (s, i, t, *_), faces in zip(images, found) for f in dropped(faces, 1, threshold)]
+        removed = [
+            (s, i, t, f) for (s, i, t, *_), faces in zip(images, found) for f in dropped(faces, 1, threshold)
+        ]
         report(f"IoU >= {threshold} after NMS", removed)
     for threshold in (0.25, 0.2, 0.17, 0.15):
         other = detect_all(dataclasses.replace(spec, nms_threshold=threshold), images)

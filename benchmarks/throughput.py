@@ -424,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(videos)} videos, {frames} frames, {video_s:.1f} s of video; {sampling}, {args.workers} worker(s)"
         + (f", median of {args.repeat}" if args.repeat > 1 else "")
     )
-    threads = os.environ.get("EMOTION_BATCH_DECODER_THREADS") or ("1" if args.workers > 1 else "OpenCV default")
+    threads = os.environ.get("EMOTION_BATCH_DECODER_THREADS") or (
+        "1" if args.workers > 1 else "OpenCV default"
+    )
     print(
         f"  detector {settings.detector.name}, model {settings.model.name}, cores {os.cpu_count()}, "
         f"working width {settings.detector.working_width} px, pipeline decoder threads {threads}"

@@ -66,7 +66,11 @@ def load_tracker_class(rev: str | None):
     if not rev:
         return None
     source = subprocess.run(
-        ["git", "show", f"{rev}:emotion_batch/vision/tracking.py"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "show", f"{rev}:emotion_batch/vision/tracking.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "emotion_batch_vision_tracking_baseline.py"
     path.write_text(source.replace("from .detection import", "from emotion_batch.vision.detection import"))
@@ -79,7 +83,9 @@ def load_tracker_class(rev: str | None):
 
 def sampled(path: Path, detector, fps: float):
     """(frame, faces) of the sampled frames, detected once and reused by every tracker variant."""
-    return [(frame, detector.detect(frame.image)) for frame in FrameSampler(path, "video", SamplingPlan(fps=fps))]
+    return [
+        (frame, detector.detect(frame.image)) for frame in FrameSampler(path, "video", SamplingPlan(fps=fps))
+    ]
 
 
 #: Tracker variants: "appearance" and "motion" give the rows' ids (after `confirmed_ids`), the others the
@@ -252,10 +258,16 @@ def shot_distances(fps: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--baseline", help="git revision whose tracking.py is scored too (greedy, motion only)")
-    parser.add_argument("--shots", action="store_true", help="print shot-detector distances on the shared videos")
+    parser.add_argument(
+        "--baseline", help="git revision whose tracking.py is scored too (greedy, motion only)"
+    )
+    parser.add_argument(
+        "--shots", action="store_true", help="print shot-detector distances on the shared videos"
+    )
     parser.add_argument("--no-cost", action="store_true")
     args = parser.parse_args()
     detector_file = SHARED / "detectors" / "face_detection_yunet_2023mar.onnx"

@@ -36,13 +36,25 @@ def chromium() -> str:
     for name in (os.environ.get("EMOTION_BATCH_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         if name and shutil.which(name):
             return str(shutil.which(name))
-    raise SystemExit("no Chromium found: install it (Debian: apt-get install chromium) or set EMOTION_BATCH_CHROMIUM")
+    raise SystemExit(
+        "no Chromium found: install it (Debian: apt-get install chromium) or set EMOTION_BATCH_CHROMIUM"
+    )
 
 
 def screenshot(page: Path, png: Path, height: int, profile: Path) -> None:
-    args = [chromium(), "--headless", "--disable-gpu", f"--user-data-dir={profile}", "--no-first-run",
-            "--hide-scrollbars", "--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw",
-            f"--window-size=1280,{height}", f"--screenshot={png}", page.as_uri()]
+    args = [
+        chromium(),
+        "--headless",
+        "--disable-gpu",
+        f"--user-data-dir={profile}",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--virtual-time-budget=10000",
+        "--run-all-compositor-stages-before-draw",
+        f"--window-size=1280,{height}",
+        f"--screenshot={png}",
+        page.as_uri(),
+    ]
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
@@ -53,18 +65,32 @@ def screenshot(page: Path, png: Path, height: int, profile: Path) -> None:
 def from_section(report: str, marker: str) -> str:
     """The report without the sections before `marker` (its head, styles and page wrapper kept)."""
     wrapper = report.index("<main>") + len("<main>")
-    return report[:wrapper] + report[report.index(marker):]
+    return report[:wrapper] + report[report.index(marker) :]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("videos", type=Path, nargs="?", default=SHARED / "media" / "videos")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="emotion-screenshots-") as work:
         tmp = Path(work)
-        run = subprocess.run([sys.executable, "-m", "emotion_batch", str(args.videos), "--out",
-                              str(tmp / "results.csv"), "-q"], capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "emotion_batch",
+                str(args.videos),
+                "--out",
+                str(tmp / "results.csv"),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         report = tmp / "results_report.html"
         if run.returncode not in (0, 1) or not report.is_file():
             raise SystemExit(f"emotion-batch failed (exit {run.returncode}): {run.stderr[-2000:]}")

@@ -28,7 +28,9 @@ def scores(probs: np.ndarray, targets: np.ndarray, votes: Votes) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", type=Path, nargs="+", help="folders with model.onnx and model.json")
     parser.add_argument("--fer2013", type=Path, default=SHARED / "datasets" / "fer2013")
     args = parser.parse_args()
@@ -44,8 +46,10 @@ def main() -> None:
         for second in args.runs[i + 1 :]:
             for w in (0.3, 0.5, 0.7):
                 blend = w * probs[first] + (1 - w) * probs[second]
-                print(f"{w:.1f} {first.name} + {1 - w:.1f} {second.name}: "
-                      f"{scores(blend, split.targets, split.votes)}")
+                print(
+                    f"{w:.1f} {first.name} + {1 - w:.1f} {second.name}: "
+                    f"{scores(blend, split.targets, split.votes)}"
+                )
 
 
 if __name__ == "__main__":

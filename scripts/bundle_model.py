@@ -28,14 +28,25 @@ PLOTS = ("confusion_test.png", "confusion_val.png", "training_curves.png")
 
 def benchmark_summary(result: dict) -> dict:
     """The figures of one evaluate_model.py run that a card keeps (no confusion matrix, no per-class table)."""
-    keep = ("split", "cpu", "accuracy", "macro_f1", "ferplus", "ms_per_face_batch1_1thread_median", "model_mb")
+    keep = (
+        "split",
+        "cpu",
+        "accuracy",
+        "macro_f1",
+        "ferplus",
+        "ms_per_face_batch1_1thread_median",
+        "model_mb",
+    )
     out = {key: result[key] for key in keep if key in result}
     suite = result.get("robustness") or {}
     out["robustness"] = {
         "mean_accuracy": suite.get("mean_accuracy"),
         "conditions": {name: c["accuracy"] for name, c in suite.get("conditions", {}).items()},
-        "detection_rate": {name: c["detection_rate"] for name, c in suite.get("conditions", {}).items()
-                           if "detection_rate" in c},
+        "detection_rate": {
+            name: c["detection_rate"]
+            for name, c in suite.get("conditions", {}).items()
+            if "detection_rate" in c
+        },
     }
     if suite.get("lighting"):  # outside the mean; benchmarks from before session 10 lack it
         out["robustness"]["lighting"] = {name: c["accuracy"] for name, c in suite["lighting"].items()}
@@ -48,7 +59,9 @@ def lineage(run_dir: Path) -> list[dict]:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     init_from = config.get("train", {}).get("init_from")
     while init_from:
-        if Path(init_from).suffix == ".onnx":  # an exported model (e.g. the bundled one): its card has the rest
+        if (
+            Path(init_from).suffix == ".onnx"
+        ):  # an exported model (e.g. the bundled one): its card has the rest
             chain.append(_exported_ancestor(Path(init_from)))
             break
         ancestor = Path(init_from).parent.parent  # RUN/checkpoints/best.keras
@@ -60,8 +73,14 @@ def lineage(run_dir: Path) -> list[dict]:
         config = json.loads((ancestor / "config.json").read_text())
         card_path = ancestor / "model.json"
         training = json.loads(card_path.read_text()).get("training", {}) if card_path.is_file() else {}
-        chain.append({"run": str(ancestor), "command": config.get("command"),
-                      "best_epoch": training.get("best_epoch"), "epochs_run": training.get("epochs_run")})
+        chain.append(
+            {
+                "run": str(ancestor),
+                "command": config.get("command"),
+                "best_epoch": training.get("best_epoch"),
+                "epochs_run": training.get("epochs_run"),
+            }
+        )
         init_from = config.get("train", {}).get("init_from")
     return chain
 
@@ -72,8 +91,13 @@ def _exported_ancestor(model: Path) -> dict:
     if not model.is_file() or not card_path.is_file():
         return {"model": str(model), "missing": True}
     training = json.loads(card_path.read_text()).get("training", {})
-    link = {"model": str(model), "sha256": sha256_file(model), "command": training.get("command"),
-            "best_epoch": training.get("best_epoch"), "epochs_run": training.get("epochs_run")}
+    link = {
+        "model": str(model),
+        "sha256": sha256_file(model),
+        "command": training.get("command"),
+        "best_epoch": training.get("best_epoch"),
+        "epochs_run": training.get("epochs_run"),
+    }
     if training.get("lineage"):
         link["lineage"] = training["lineage"]
     return link
@@ -111,11 +135,18 @@ def bundle(run_dir: Path, models: Path, benchmarks: tuple[Path, ...] = ()) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
-    parser.add_argument("--benchmark", type=Path, action="append", default=[],
-                        help="an evaluate_model.py --json file to summarise into the card (repeatable)")
+    parser.add_argument(
+        "--benchmark",
+        type=Path,
+        action="append",
+        default=[],
+        help="an evaluate_model.py --json file to summarise into the card (repeatable)",
+    )
     args = parser.parse_args()
     card = bundle(args.run_dir, args.models, tuple(args.benchmark))
     metrics = card.get("metrics", {})

@@ -30,7 +30,9 @@ def outcomes_of(result: dict, path: Path) -> tuple[dict[str, str], tuple[str, ..
     clean = result.get("outcomes")
     suite = result.get("robustness") or {}
     if not clean:
-        raise SystemExit(f"{path}: no per-face outcomes; rerun scripts/evaluate_model.py --json with this version")
+        raise SystemExit(
+            f"{path}: no per-face outcomes; rerun scripts/evaluate_model.py --json with this version"
+        )
     rows = {"FER-2013 labels": clean["fer2013"]}
     if "ferplus_majority" in clean:
         rows["FER+ majority"] = clean["ferplus_majority"]
@@ -40,7 +42,9 @@ def outcomes_of(result: dict, path: Path) -> tuple[dict[str, str], tuple[str, ..
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("a", type=Path, help="evaluate_model.py --json of model A (e.g. the shipped one)")
     parser.add_argument("b", type=Path, help="the same of model B (the candidate)")
     parser.add_argument("--draws", type=int, default=2000)
@@ -53,13 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     for key in SAME:
         values = [r.get(key, DEFAULTS.get(key)) for r in results]
         if values[0] != values[1]:
-            raise SystemExit(f"{args.a} vs {args.b}: different {key} ({values[0]} and {values[1]}), so the faces "
-                             "were not scored in the same scenes; rerun one of them")
-    (rows_a, mean_a), (rows_b, mean_b) = (outcomes_of(r, p) for r, p in zip(results, (args.a, args.b), strict=True))
+            raise SystemExit(
+                f"{args.a} vs {args.b}: different {key} ({values[0]} and {values[1]}), so the faces "
+                "were not scored in the same scenes; rerun one of them"
+            )
+    (rows_a, mean_a), (rows_b, mean_b) = (
+        outcomes_of(r, p) for r, p in zip(results, (args.a, args.b), strict=True)
+    )
     mean_of = mean_a if mean_a == mean_b else ()
     if not mean_of:
-        print(f"no robustness mean: the two results ran different conditions ({', '.join(mean_a) or 'none'} and "
-              f"{', '.join(mean_b) or 'none'})", file=sys.stderr)
+        print(
+            f"no robustness mean: the two results ran different conditions ({', '.join(mean_a) or 'none'} and "
+            f"{', '.join(mean_b) or 'none'})",
+            file=sys.stderr,
+        )
     try:
         differences = paired_differences(rows_a, rows_b, mean_of, draws=args.draws, seed=args.seed)
     except ValueError as exc:
@@ -68,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':22} {'faces':>6} {'A':>7} {'B':>7} {'B - A':>7}   95% interval")
     for d in differences:  # the robustness mean comes last
         name = "robustness mean" if d.name == "mean" else d.name
-        print(f"{name:22} {d.images:6d} {d.a:7.2%} {d.b:7.2%} {d.difference * 100:+6.2f}   "
-              f"[{d.low * 100:+.2f}, {d.high * 100:+.2f}]{' *' if d.clear else ''}")
+        print(
+            f"{name:22} {d.images:6d} {d.a:7.2%} {d.b:7.2%} {d.difference * 100:+6.2f}   "
+            f"[{d.low * 100:+.2f}, {d.high * 100:+.2f}]{' *' if d.clear else ''}"
+        )
     return 0
 
 

@@ -69,18 +69,29 @@ def per_class(targets: np.ndarray, predicted: np.ndarray, labels: list[str]) -> 
 
 def main() -> None:
     shared = Path(os.environ.get("EMOTION_BATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--fer", type=Path, default=shared / "datasets" / "fer2013")
     parser.add_argument("--split", default="PrivateTest", choices=["PrivateTest", "PublicTest"])
     parser.add_argument("--votes", type=Path, default=None, help="FER+ votes CSV [default: FER/ferplus.csv]")
-    parser.add_argument("--detector-model", type=Path, default=None,
-                        help="YuNet ONNX for the in-frame conditions [default: as emotion-batch finds it, else "
-                             "the shared copy]; --no-in-frame skips them")
+    parser.add_argument(
+        "--detector-model",
+        type=Path,
+        default=None,
+        help="YuNet ONNX for the in-frame conditions [default: as emotion-batch finds it, else "
+        "the shared copy]; --no-in-frame skips them",
+    )
     parser.add_argument("--no-in-frame", action="store_true", help="skip the detector conditions (fast)")
-    parser.add_argument("--align", action="store_true",
-                        help="experiment: turn each in-frame crop upright by YuNet's eye landmarks first")
-    parser.add_argument("--limit", type=int, default=0, help="only every k-th image, k = N/limit (quick look)")
+    parser.add_argument(
+        "--align",
+        action="store_true",
+        help="experiment: turn each in-frame crop upright by YuNet's eye landmarks first",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="only every k-th image, k = N/limit (quick look)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-runs", type=int, default=300)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -95,9 +106,16 @@ def main() -> None:
     split = load_split(args.fer, args.split, votes)
     if args.limit and args.limit < len(split.targets):
         keep = np.arange(0, len(split.targets), len(split.targets) / args.limit).astype(int)
-        split = type(split)(split.images[keep], split.targets[keep], [split.files[i] for i in keep],
-                            None if split.votes is None else type(split.votes)(
-                                split.votes.counts[keep], split.votes.other[keep], len(keep), split.votes.source))
+        split = type(split)(
+            split.images[keep],
+            split.targets[keep],
+            [split.files[i] for i in keep],
+            None
+            if split.votes is None
+            else type(split.votes)(
+                split.votes.counts[keep], split.votes.other[keep], len(keep), split.votes.source
+            ),
+        )
     targets, labels = split.targets, list(EMOTIONS)
     probs = classify_crops(classifier, split.images)
     predicted, every = probs.argmax(axis=1), np.arange(len(targets))
@@ -141,35 +159,63 @@ def main() -> None:
         "ferplus": ferplus_scores(probs, split.votes) if split.votes is not None else None,
         "robustness": suite,
         # Face by face ('1' right, '0' wrong, '-' not scored), for scripts/compare_models.py.
-        "outcomes": {"fer2013": outcomes(probs, targets, every, len(targets)),
-                     **({"ferplus_majority": outcomes(probs, split.votes.majority(), every, len(targets))}
-                        if split.votes is not None else {})},
+        "outcomes": {
+            "fer2013": outcomes(probs, targets, every, len(targets)),
+            **(
+                {"ferplus_majority": outcomes(probs, split.votes.majority(), every, len(targets))}
+                if split.votes is not None
+                else {}
+            ),
+        },
         "aligned_by_eyes": bool(eyes),
         "ms_per_face_batch1_1thread_median": statistics.median(timings),
         "ms_per_face_batch1_1thread_p90": float(np.percentile(timings, 90)),
         "model_mb": card.path.stat().st_size / 1e6,
     }
-    print(f"{result['split']}: FER-2013 accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
-          f"ECE {result['ece_labels']:.3f}")
+    print(
+        f"{result['split']}: FER-2013 accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+        f"ECE {result['ece_labels']:.3f}"
+    )
     print("per-class recall: " + ", ".join(f"{k} {v['recall']:.3f}" for k, v in classes.items()))
     print("confusion (rows true, cols predicted, order " + ", ".join(labels) + "):")
     for row in confusion:
         print("  " + " ".join(f"{v:4d}" for v in row))
     if result["ferplus"]:
         fp = result["ferplus"]
-        print(f"FER+ majority accuracy {fp['majority_accuracy']:.4f} on {fp['images']} images "
-              f"({fp['left_out']} left out); NLL vs raters {fp['nll_vs_raters']:.3f}, ECE {fp['ece_majority']:.3f}")
-    print("robustness: " + ", ".join(
-        f"{k} {v['accuracy']:.3f}" + (f" (found {v['detection_rate']:.0%})" if "detection_rate" in v else "")
-        for k, v in suite["conditions"].items()))
-    print(f"robustness mean accuracy {suite['mean_accuracy']:.4f} (FER-2013 labels)"
-          + (f", {suite['mean_ferplus_accuracy']:.4f} (FER+ majority)" if "mean_ferplus_accuracy" in suite else ""))
-    print("lighting (not in the mean): " + ", ".join(
-        f"{k} {v['accuracy']:.3f} (FER+ {v['ferplus_accuracy']:.3f})" if "ferplus_accuracy" in v else
-        f"{k} {v['accuracy']:.3f}" for k, v in suite["lighting"].items()))
-    print(f"speed: {result['ms_per_face_batch1_1thread_median']:.2f} ms/face median "
-          f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread, on {result['cpu']}; "
-          f"size {result['model_mb']:.1f} MB")
+        print(
+            f"FER+ majority accuracy {fp['majority_accuracy']:.4f} on {fp['images']} images "
+            f"({fp['left_out']} left out); NLL vs raters {fp['nll_vs_raters']:.3f}, ECE {fp['ece_majority']:.3f}"
+        )
+    print(
+        "robustness: "
+        + ", ".join(
+            f"{k} {v['accuracy']:.3f}"
+            + (f" (found {v['detection_rate']:.0%})" if "detection_rate" in v else "")
+            for k, v in suite["conditions"].items()
+        )
+    )
+    print(
+        f"robustness mean accuracy {suite['mean_accuracy']:.4f} (FER-2013 labels)"
+        + (
+            f", {suite['mean_ferplus_accuracy']:.4f} (FER+ majority)"
+            if "mean_ferplus_accuracy" in suite
+            else ""
+        )
+    )
+    print(
+        "lighting (not in the mean): "
+        + ", ".join(
+            f"{k} {v['accuracy']:.3f} (FER+ {v['ferplus_accuracy']:.3f})"
+            if "ferplus_accuracy" in v
+            else f"{k} {v['accuracy']:.3f}"
+            for k, v in suite["lighting"].items()
+        )
+    )
+    print(
+        f"speed: {result['ms_per_face_batch1_1thread_median']:.2f} ms/face median "
+        f"(p90 {result['ms_per_face_batch1_1thread_p90']:.2f}), batch 1, 1 thread, on {result['cpu']}; "
+        f"size {result['model_mb']:.1f} MB"
+    )
     if args.json:
         write_json_atomic(args.json, result)
 

@@ -30,7 +30,9 @@ def main() -> None:
     from emotion_train.train import RunDir
     from emotion_train.workflow import RunConfig, load_splits
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--votes", type=Path, required=True)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 0.6, 1.0])
@@ -68,10 +70,13 @@ def main() -> None:
         hard = targets.argmax(1)
         sample_weight = class_weights(hard, len(train.labels), config.train.class_weight)[hard]
         keras.utils.set_random_seed(config.train.seed)
-        head = keras.Sequential([keras.Input((f_train.shape[1],)), keras.layers.Dense(len(train.labels),
-                                                                                      activation="softmax")])
+        head = keras.Sequential(
+            [keras.Input((f_train.shape[1],)), keras.layers.Dense(len(train.labels), activation="softmax")]
+        )
         head.compile(keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy())
-        head.fit(f_train[keep], targets, sample_weight=sample_weight, batch_size=256, epochs=args.epochs, verbose=0)
+        head.fit(
+            f_train[keep], targets, sample_weight=sample_weight, batch_size=256, epochs=args.epochs, verbose=0
+        )
         rows.append({"head": f"re-fitted, label weight {weight:g}", **scores(head.predict(f_val, verbose=0))})
 
     print(f"validation: {val.describe()} ({len(val)} images; {int(scored.sum())} with a FER+ majority)")

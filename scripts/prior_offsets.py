@@ -33,7 +33,9 @@ GRID = np.linspace(-0.8, 0.8, 33)
 PENALTY = 10.0  # per point of FER+ accuracy below the floor: large enough that the floor holds
 
 
-def accuracies(log_probs: np.ndarray, offsets: np.ndarray, targets: np.ndarray, majority: np.ndarray) -> tuple:
+def accuracies(
+    log_probs: np.ndarray, offsets: np.ndarray, targets: np.ndarray, majority: np.ndarray
+) -> tuple:
     """(FER-2013 accuracy, FER+ majority accuracy) of argmax(log_probs + offsets); no majority: not scored."""
     shifted, voted = log_probs + offsets, majority >= 0
     return accuracy(shifted, targets), accuracy(shifted[voted], majority[voted])
@@ -58,8 +60,14 @@ def fit_offsets(log_probs: np.ndarray, targets: np.ndarray, majority: np.ndarray
     return offsets
 
 
-def held_out_change(log_probs: np.ndarray, targets: np.ndarray, majority: np.ndarray, floor: float,
-                    repeats: int, seed: int = 0) -> tuple[float, float]:
+def held_out_change(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    majority: np.ndarray,
+    floor: float,
+    repeats: int,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Mean (FER-2013, FER+) change on the half the offsets were not fitted on, over 2 x ``repeats`` fits."""
     rng = np.random.default_rng(seed)
     changes = []
@@ -77,11 +85,18 @@ def held_out_change(log_probs: np.ndarray, targets: np.ndarray, majority: np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", type=Path, nargs="+", help="folders with model.onnx and model.json")
     parser.add_argument("--fer2013", type=Path, default=SHARED / "datasets" / "fer2013")
-    parser.add_argument("--floors", type=float, nargs="+", default=[0.78, 0.785, 0.79],
-                        help="FER+ majority accuracies to hold (fractions)")
+    parser.add_argument(
+        "--floors",
+        type=float,
+        nargs="+",
+        default=[0.78, 0.785, 0.79],
+        help="FER+ majority accuracies to hold (fractions)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="random halvings of PublicTest")
     args = parser.parse_args()
     split = load_split(args.fer2013, "PublicTest", args.fer2013 / "ferplus.csv")
@@ -97,9 +112,11 @@ def main() -> None:
             offsets = fit_offsets(log_probs, split.targets, majority, floor)
             fer, fer_plus = accuracies(log_probs, offsets, split.targets, majority)
             held_fer, held_plus = held_out_change(log_probs, split.targets, majority, floor, args.repeats)
-            print(f"  FER+ floor {floor:.1%}: in-sample FER-2013 {fer:.2%}, FER+ {fer_plus:.2%}; held-out change "
-                  f"FER-2013 {held_fer * 100:+.2f}, FER+ {held_plus * 100:+.2f} points; offsets "
-                  + " ".join(f"{name} {value:+.2f}" for name, value in zip(EMOTIONS, offsets)))
+            print(
+                f"  FER+ floor {floor:.1%}: in-sample FER-2013 {fer:.2%}, FER+ {fer_plus:.2%}; held-out change "
+                f"FER-2013 {held_fer * 100:+.2f}, FER+ {held_plus * 100:+.2f} points; offsets "
+                + " ".join(f"{name} {value:+.2f}" for name, value in zip(EMOTIONS, offsets))
+            )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,15 @@ def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--fer", type=Path, default=SHARED / "datasets" / "fer2013")
     parser.add_argument("--split", default="PublicTest", choices=["PublicTest", "PrivateTest"])
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4])
+    parser.add_argument(
+        "--temperatures", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4]
+    )
     args = parser.parse_args()
     split = load_split(args.fer, args.split, args.fer / "ferplus.csv")
     if split.votes is None:
@@ -52,9 +56,11 @@ def main() -> None:
         scaled = with_temperature(probs, temperature)
         raters = ferplus_scores(scaled, split.votes)
         nll_labels = float(-np.mean(np.log(np.clip(scaled[rows, split.targets], 1e-12, 1.0))))
-        print(f"{temperature:<6.2f} {raters['nll_vs_raters']:10.4f} {raters['ece_majority']:13.4f} "
-              f"{nll_labels:11.4f} {expected_calibration_error(scaled, split.targets):11.4f} "
-              f"{float(scaled.max(axis=1).mean()):16.3f}")
+        print(
+            f"{temperature:<6.2f} {raters['nll_vs_raters']:10.4f} {raters['ece_majority']:13.4f} "
+            f"{nll_labels:11.4f} {expected_calibration_error(scaled, split.targets):11.4f} "
+            f"{float(scaled.max(axis=1).mean()):16.3f}"
+        )
 
 
 if __name__ == "__main__":

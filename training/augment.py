@@ -53,8 +53,9 @@ class AugmentConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def affine_matrix(side: int, angle_deg: float, scale: float, shear: float, tx: float, ty: float,
-                  flip: bool) -> np.ndarray:
+def affine_matrix(
+    side: int, angle_deg: float, scale: float, shear: float, tx: float, ty: float, flip: bool
+) -> np.ndarray:
     """The 2x3 matrix of flip, then rotation/scale/shear about the centre, then translation (pixels)."""
     c = (side - 1) / 2.0
     to_origin = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]], dtype=np.float64)
@@ -78,7 +79,9 @@ def _warp(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np
     shear = rng.uniform(-cfg.shear, cfg.shear) * s
     tx, ty = rng.uniform(-cfg.translate, cfg.translate, size=2) * s * side
     matrix = affine_matrix(side, angle, scale, shear, tx, ty, flip)
-    return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(
+        image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
 
 
 def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -98,7 +101,9 @@ def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
         values = out.astype(np.float32) if values is None else values
         mean = float(values.mean())
         factor = 1.0 + float(rng.uniform(-cfg.contrast, cfg.contrast))
-        values = (values - mean) * factor + mean + float(rng.uniform(-cfg.brightness_shift, cfg.brightness_shift))
+        values = (
+            (values - mean) * factor + mean + float(rng.uniform(-cfg.brightness_shift, cfg.brightness_shift))
+        )
     if rng.random() < cfg.noise:
         values = out.astype(np.float32) if values is None else values
         values = values + rng.normal(0.0, float(rng.uniform(*cfg.noise_sigma)), size=values.shape)

@@ -255,7 +255,9 @@ def stratified_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
         val_index.extend(rng.permutation(members)[:take].tolist())
     val_mask = np.zeros(len(dataset), dtype=bool)
     val_mask[val_index] = True
-    train = dataset.subset(np.flatnonzero(~val_mask), f" (train part of seed-{seed} split)", keep_skipped=True)
+    train = dataset.subset(
+        np.flatnonzero(~val_mask), f" (train part of seed-{seed} split)", keep_skipped=True
+    )
     val = dataset.subset(np.flatnonzero(val_mask), f" (val part of seed-{seed} split, {fraction:g})")
     return train, val
 

@@ -101,8 +101,9 @@ class Teacher:
 def run_teacher(teacher: Path, images: np.ndarray, labels: list[str], batch: int = 256) -> np.ndarray:
     """Teacher probabilities [N, classes] for uint8 [N, S, S] images, averaged with the mirrored images."""
     model = Teacher(teacher, labels)
-    return np.concatenate([model(images[start : start + batch], mirror=True)
-                           for start in range(0, len(images), batch)])
+    return np.concatenate(
+        [model(images[start : start + batch], mirror=True) for start in range(0, len(images), batch)]
+    )
 
 
 def _changed_teacher(teacher: Path, cache: Path) -> DatasetError:
@@ -122,8 +123,9 @@ def pin_teacher(teacher: Path, teacher_sha256: str, record: Path) -> None:
     write_json_atomic(record, {"teacher": str(teacher), "teacher_sha256": teacher_sha256})
 
 
-def cached_teacher_probabilities(teacher: Path, teacher_sha256: str, images: np.ndarray, data_hash: str,
-                                 labels: list[str], cache: Path) -> np.ndarray:
+def cached_teacher_probabilities(
+    teacher: Path, teacher_sha256: str, images: np.ndarray, data_hash: str, labels: list[str], cache: Path
+) -> np.ndarray:
     """run_teacher's result, computed once per run; a resumed run must find the same teacher and data."""
     if cache.exists():
         with np.load(cache, allow_pickle=False) as saved:

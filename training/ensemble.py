@@ -86,23 +86,30 @@ def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 def tensor_dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
     """A tensor's shape: ints for fixed sizes, the name of a symbolic one, None when unknown."""
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in value.type.tensor_type.shape.dim
+    ]
 
 
 def _signature(model: onnx.ModelProto, where: str) -> dict:
     """The graph-level contract of one member, checked against the card and the other members."""
     inputs, outputs = real_inputs(model.graph), list(model.graph.output)
     if len(inputs) != 1 or len(outputs) != 1:
-        raise EnsembleError(f"{where}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        raise EnsembleError(
+            f"{where}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+        )
     in_dims, out_dims = tensor_dims(inputs[0]), tensor_dims(outputs[0])
     if len(in_dims) != 4 or len(out_dims) != 2:
-        raise EnsembleError(f"{where}: expected input [N, H, W, C] and output [N, classes], "
-                            f"found {in_dims} and {out_dims}")
+        raise EnsembleError(
+            f"{where}: expected input [N, H, W, C] and output [N, classes], found {in_dims} and {out_dims}"
+        )
     return {
         "input dtype": TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type),
         "output dtype": TensorProto.DataType.Name(outputs[0].type.tensor_type.elem_type),
-        "input shape": [None if isinstance(d, str) else d for d in in_dims],  # symbolic batch names may differ
+        "input shape": [
+            None if isinstance(d, str) else d for d in in_dims
+        ],  # symbolic batch names may differ
         "output size": out_dims[1],
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
     }
@@ -121,15 +128,21 @@ def check_members(models: Sequence[onnx.ModelProto], cards: Sequence[dict], name
             raise EnsembleError(f"{name}: model card has no labels")
         expected = [spec.get("height"), spec.get("width"), spec.get("channels", 1)]
         if signature["input shape"][1:] != expected:
-            raise EnsembleError(f"{name}: graph input {signature['input shape']} does not match its card's "
-                                f"input {expected[0]}x{expected[1]}x{expected[2]}")
+            raise EnsembleError(
+                f"{name}: graph input {signature['input shape']} does not match its card's "
+                f"input {expected[0]}x{expected[1]}x{expected[2]}"
+            )
         if signature["output size"] != len(labels):
-            raise EnsembleError(f"{name}: graph output has {signature['output size']} classes but its card "
-                                f"lists {len(labels)} labels")
+            raise EnsembleError(
+                f"{name}: graph output has {signature['output size']} classes but its card "
+                f"lists {len(labels)} labels"
+            )
         crop = framing_of(card)
         if crop and crop_from and crop != crop_from[0]:  # a run without a measured crop takes the others'
-            raise EnsembleError(f"{name}: crop {crop} differs from {crop_from[1]}'s {crop_from[0]}; "
-                                "the runtime frames faces one way for the whole ensemble")
+            raise EnsembleError(
+                f"{name}: crop {crop} differs from {crop_from[1]}'s {crop_from[0]}; "
+                "the runtime frames faces one way for the whole ensemble"
+            )
         crop_from = crop_from or ((crop, name) if crop else None)
         facts = {"labels": list(labels), "input spec": {k: spec.get(k) for k in INPUT_KEYS}, **signature}
         if first is None:
@@ -137,8 +150,10 @@ def check_members(models: Sequence[onnx.ModelProto], cards: Sequence[dict], name
             continue
         for key, value in facts.items():
             if value != first[key]:
-                raise EnsembleError(f"{name}: {key} {value} differs from {first_name}'s {first[key]}; "
-                                    "ensemble members must share labels, input contract and opsets")
+                raise EnsembleError(
+                    f"{name}: {key} {value} differs from {first_name}'s {first[key]}; "
+                    "ensemble members must share labels, input contract and opsets"
+                )
 
 
 def combine_models(models: Sequence[onnx.ModelProto], weights: Sequence[float]) -> onnx.ModelProto:
@@ -157,8 +172,9 @@ def combine_models(models: Sequence[onnx.ModelProto], weights: Sequence[float]) 
     for i, model in enumerate(models):
         prefixed = onnx.compose.add_prefix(model, f"member{i}_")
         graph = prefixed.graph
-        nodes.append(helper.make_node("Identity", [input_name], [real_inputs(graph)[0].name],
-                                      name=f"member{i}_feed"))
+        nodes.append(
+            helper.make_node("Identity", [input_name], [real_inputs(graph)[0].name], name=f"member{i}_feed")
+        )
         nodes.extend(graph.node)
         initializers.extend(graph.initializer)
         sparse.extend(graph.sparse_initializer)
@@ -170,28 +186,58 @@ def combine_models(models: Sequence[onnx.ModelProto], weights: Sequence[float]) 
         nodes.append(helper.make_node("Mean", member_outputs, [OUTPUT_NAME], name="ensemble_mean"))
     else:
         for i, (name, weight) in enumerate(zip(member_outputs, weights)):
-            initializers.append(numpy_helper.from_array(np.array(weight, dtype=np.float32), f"ensemble_weight{i}"))
-            nodes.append(helper.make_node("Mul", [name, f"ensemble_weight{i}"], [f"ensemble_weighted{i}"],
-                                          name=f"ensemble_weight{i}_mul"))
-        nodes.append(helper.make_node("Sum", [f"ensemble_weighted{i}" for i in range(len(models))], [OUTPUT_NAME],
-                                      name="ensemble_sum"))
+            initializers.append(
+                numpy_helper.from_array(np.array(weight, dtype=np.float32), f"ensemble_weight{i}")
+            )
+            nodes.append(
+                helper.make_node(
+                    "Mul",
+                    [name, f"ensemble_weight{i}"],
+                    [f"ensemble_weighted{i}"],
+                    name=f"ensemble_weight{i}_mul",
+                )
+            )
+        nodes.append(
+            helper.make_node(
+                "Sum",
+                [f"ensemble_weighted{i}" for i in range(len(models))],
+                [OUTPUT_NAME],
+                name="ensemble_sum",
+            )
+        )
 
     output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, classes])
     output.type.tensor_type.shape.dim[0].CopyFrom(batch)  # the same symbolic batch as the input
-    graph = helper.make_graph(nodes, "emotion_ensemble", [shared_input], [output], initializers,
-                              sparse_initializer=sparse, value_info=value_info)
+    graph = helper.make_graph(
+        nodes,
+        "emotion_ensemble",
+        [shared_input],
+        [output],
+        initializers,
+        sparse_initializer=sparse,
+        value_info=value_info,
+    )
     opsets = {}
     for model in models:
         opsets.update({o.domain: o.version for o in model.opset_import})
-    combined = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                                 functions=functions, producer_name="emotion-train ensemble")
+    combined = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+        functions=functions,
+        producer_name="emotion-train ensemble",
+    )
     combined.ir_version = max(m.ir_version for m in models)
     onnx.checker.check_model(combined)
     return combined
 
 
-def write_ensemble(members: Sequence[Path], out: Path, check_images: np.ndarray,
-                   weights: Sequence[float] | None = None, cards: Sequence[dict] | None = None) -> dict:
+def write_ensemble(
+    members: Sequence[Path],
+    out: Path,
+    check_images: np.ndarray,
+    weights: Sequence[float] | None = None,
+    cards: Sequence[dict] | None = None,
+) -> dict:
     """Write ``out`` atomically once the combined graph reproduces the weighted mean of its members.
 
     ``cards`` default to the model.json beside each member; both the graphs and the cards are checked.
@@ -215,10 +261,17 @@ def write_ensemble(members: Sequence[Path], out: Path, check_images: np.ndarray,
         got = onnx_probabilities(pending.path, check_images)
         max_diff = float(np.max(np.abs(got - expected)))
         if not max_diff <= PARITY_TOLERANCE:
-            raise EnsembleError(f"{out}: the combined graph differs from the members' weighted mean by "
-                                f"{max_diff:.3e} > {PARITY_TOLERANCE}; nothing written")
-    log.info("wrote %s: %d members, max |ensemble - weighted mean| = %.2e on %d images",
-             out, len(members), max_diff, len(check_images))
+            raise EnsembleError(
+                f"{out}: the combined graph differs from the members' weighted mean by "
+                f"{max_diff:.3e} > {PARITY_TOLERANCE}; nothing written"
+            )
+    log.info(
+        "wrote %s: %d members, max |ensemble - weighted mean| = %.2e on %d images",
+        out,
+        len(members),
+        max_diff,
+        len(check_images),
+    )
     return {
         "max_abs_diff": max_diff,
         "tolerance": PARITY_TOLERANCE,
@@ -255,9 +308,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def ensemble_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[float] | None = None,
-                 val: tuple[Path, str | None] | None = None, test: tuple[Path, str | None] | None = None,
-                 command: list[str] | None = None) -> tuple[dict, dict]:
+def ensemble_run(
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    weights: Sequence[float] | None = None,
+    val: tuple[Path, str | None] | None = None,
+    test: tuple[Path, str | None] | None = None,
+    command: list[str] | None = None,
+) -> tuple[dict, dict]:
     """Combine the runs into OUT_DIR/model.onnx, evaluate it on the given splits, write metrics and card.
 
     Returns the metrics (as in metrics.json) and the parity figures (as in the card's ``export``).
@@ -270,19 +328,27 @@ def ensemble_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[floa
     first = members[0].card
     size = int(first["input"]["height"])
     # Check the members before decoding any data, so a bad member fails fast.
-    check_members([onnx.load(str(m.onnx)) for m in members], [m.card for m in members],
-                  [str(m.run_dir) for m in members])
-    splits = {name: load_folder(Path(spec[0]), size, spec[1], labels=list(first["labels"]))
-              for name, spec in (("val", val), ("test", test)) if spec}
+    check_members(
+        [onnx.load(str(m.onnx)) for m in members],
+        [m.card for m in members],
+        [str(m.run_dir) for m in members],
+    )
+    splits = {
+        name: load_folder(Path(spec[0]), size, spec[1], labels=list(first["labels"]))
+        for name, spec in (("val", val), ("test", test))
+        if spec
+    }
 
     out_dir.mkdir(parents=True, exist_ok=True)
     images, source = _check_images(members, splits, size)
-    parity = write_ensemble([m.onnx for m in members], out_dir / "model.onnx", images, weights,
-                            cards=[m.card for m in members])
+    parity = write_ensemble(
+        [m.onnx for m in members], out_dir / "model.onnx", images, weights, cards=[m.card for m in members]
+    )
     parity["check_images"] = source
 
-    results = ev.evaluate_splits(out_dir / "model.onnx", splits, list(first["labels"]), out_dir / "plots",
-                                 "Ensemble confusion matrix")
+    results = ev.evaluate_splits(
+        out_dir / "model.onnx", splits, list(first["labels"]), out_dir / "plots", "Ensemble confusion matrix"
+    )
     write_json_atomic(out_dir / "metrics.json", results)
     write_json_atomic(out_dir / "model.json", _card(members, weights, parity, results, command or []))
     return results, parity
@@ -301,7 +367,9 @@ def _ensemble_input(first: dict, inputs: list[dict]) -> dict:
     return first if len(ways) == 1 else {**first, "normalise": " / ".join(ways)}
 
 
-def _card(members: list[Member], weights: list[float], parity: dict, results: dict, command: list[str]) -> dict:
+def _card(
+    members: list[Member], weights: list[float], parity: dict, results: dict, command: list[str]
+) -> dict:
     """The members' shared contract, plus what each member is and how the whole was measured."""
     first = members[0].card
     backbones = [(m.card.get("backbone") or {}) for m in members]
@@ -315,7 +383,7 @@ def _card(members: list[Member], weights: list[float], parity: dict, results: di
         "output": {"name": OUTPUT_NAME, "kind": "probabilities", "order": "labels"},
         "backbone": {"name": f"ensemble of {len(members)}: {', '.join(names)}", "members": backbones},
         "tta": f"weighted mean of {len(members)} members inside the graph; each member's own TTA: "
-               + "; ".join(member_tta),
+        + "; ".join(member_tta),
         "export": parity,
         "metrics": {name: card_metrics(results[name]) for name in ("val", "test") if name in results},
         "members": [
@@ -329,8 +397,12 @@ def _card(members: list[Member], weights: list[float], parity: dict, results: di
             }
             for m, w in zip(members, weights)
         ],
-        "training": {"command": command, "kind": "ensemble of exported runs (no training)",
-                     "versions": _versions(), **_shared_data(members)},
+        "training": {
+            "command": command,
+            "kind": "ensemble of exported runs (no training)",
+            "versions": _versions(),
+            **_shared_data(members),
+        },
     }
     crop = next((m.card["crop"] for m in members if m.card.get("crop")), None)
     if crop:  # the members that have one agree (checked); the runtime frames faces with it

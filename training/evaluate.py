@@ -27,7 +27,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[
     auc = {}
     for i, label in enumerate(labels):
         positives = targets == i
-        auc[label] = float(skm.roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(targets) else None
+        auc[label] = (
+            float(skm.roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(targets) else None
+        )
     valid_auc = [v for v in auc.values() if v is not None]
     return {
         "split": split,
@@ -50,8 +52,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[
     }
 
 
-def evaluate_splits(model: Path, splits: dict[str, Dataset], labels: list[str], plots: Path, title: str,
-                    roc: bool = False) -> dict:
+def evaluate_splits(
+    model: Path, splits: dict[str, Dataset], labels: list[str], plots: Path, title: str, roc: bool = False
+) -> dict:
     """An exported model's metrics on each split, with a confusion (and optionally ROC) plot per split."""
     from .export import onnx_probabilities
 
@@ -60,12 +63,21 @@ def evaluate_splits(model: Path, splits: dict[str, Dataset], labels: list[str], 
     for name, ds in splits.items():
         probs = onnx_probabilities(model, ds.images[..., None].astype(np.float32))
         results[name] = classification_metrics(probs, ds.targets, labels, f"{name}: {ds.describe()}")
-        plot_confusion(results[name]["confusion_matrix"], labels,
-                       f"{title}, {name} (acc {results[name]['accuracy']:.3f})", plots / f"confusion_{name}.png")
+        plot_confusion(
+            results[name]["confusion_matrix"],
+            labels,
+            f"{title}, {name} (acc {results[name]['accuracy']:.3f})",
+            plots / f"confusion_{name}.png",
+        )
         if roc:
             plot_roc(probs, ds.targets, labels, f"ROC one-vs-rest, {name}", plots / f"roc_{name}.png")
-        log.info("%s accuracy %.4f, macro-F1 %.4f (n=%d)", name, results[name]["accuracy"],
-                 results[name]["macro_f1"], ds.targets.size)
+        log.info(
+            "%s accuracy %.4f, macro-F1 %.4f (n=%d)",
+            name,
+            results[name]["accuracy"],
+            results[name]["macro_f1"],
+            ds.targets.size,
+        )
     results["reported_on"] = "test" if "test" in results else "val" if "val" in results else None
     results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
     return results
@@ -118,8 +130,15 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, path:
     for i in range(len(labels)):
         for j in range(len(labels)):
             colour = "white" if normalised[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{normalised[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center",
-                    fontsize=7, color=colour)
+            ax.text(
+                j,
+                i,
+                f"{normalised[i, j]:.2f}\n({int(counts[i, j])})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color=colour,
+            )
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
@@ -154,7 +173,9 @@ def plot_class_distribution(splits: dict[str, Dataset], path: Path) -> None:
     for k, name in enumerate(names):
         counts = splits[name].class_counts()
         positions = np.arange(len(labels)) + k * width
-        bars = ax.bar(positions, [counts[label] for label in labels], width, label=f"{name} (n={len(splits[name])})")
+        bars = ax.bar(
+            positions, [counts[label] for label in labels], width, label=f"{name} (n={len(splits[name])})"
+        )
         ax.bar_label(bars, fontsize=7)
     ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)
     ax.set_ylabel("images")

@@ -76,10 +76,14 @@ def onnx_session(path: Path, threads: int = 1):
 def onnx_probabilities(path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
     session = onnx_session(path)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    )
 
 
-def export_onnx(classifier, path: Path, check_images: np.ndarray, flip_tta: bool = False, opset: int = 17) -> dict:
+def export_onnx(
+    classifier, path: Path, check_images: np.ndarray, flip_tta: bool = False, opset: int = 17
+) -> dict:
     """Write ``path`` atomically once its outputs match Keras within PARITY_TOLERANCE on ``check_images``.
 
     Tries the full tf2onnx optimiser first and, if that fails to convert or to match, again without the
@@ -102,12 +106,18 @@ def export_onnx(classifier, path: Path, check_images: np.ndarray, flip_tta: bool
                 continue
             max_diff = float(np.max(np.abs(got - expected)))
             if not max_diff <= PARITY_TOLERANCE:
-                failures.append(f"{attempt} transpose optimiser: max |onnx - keras| = {max_diff:.3e} > "
-                                f"{PARITY_TOLERANCE}")
+                failures.append(
+                    f"{attempt} transpose optimiser: max |onnx - keras| = {max_diff:.3e} > {PARITY_TOLERANCE}"
+                )
                 pending.discard()
                 continue
-        log.info("exported %s (%s transpose optimiser): max |onnx - keras| = %.2e on %d images",
-                 path, attempt, max_diff, len(check_images))
+        log.info(
+            "exported %s (%s transpose optimiser): max |onnx - keras| = %.2e on %d images",
+            path,
+            attempt,
+            max_diff,
+            len(check_images),
+        )
         return {
             "max_abs_diff": max_diff,
             "tolerance": PARITY_TOLERANCE,

@@ -74,8 +74,11 @@ def classify_crops(classifier: Classifier, crops: Sequence[np.ndarray], batch: i
     x = np.empty((len(crops), height, width, 1), dtype=np.float32)
     for i, crop in enumerate(crops):
         interpolation = cv2.INTER_AREA if crop.shape[0] > height else cv2.INTER_LINEAR
-        x[i, :, :, 0] = crop if crop.shape[:2] == (height, width) else cv2.resize(crop, (width, height),
-                                                                                 interpolation=interpolation)
+        x[i, :, :, 0] = (
+            crop
+            if crop.shape[:2] == (height, width)
+            else cv2.resize(crop, (width, height), interpolation=interpolation)
+        )
     return np.concatenate([classifier.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
@@ -136,6 +139,7 @@ def majority_accuracy(probs: np.ndarray, split: Split, index: np.ndarray) -> dic
 
 # --- degradations of the crop itself -----------------------------------------------------------------------
 
+
 def _down_up(image: np.ndarray, side: int = 24) -> np.ndarray:
     small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, image.shape[::-1], interpolation=cv2.INTER_LINEAR)
@@ -180,6 +184,7 @@ LIGHTING: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 
 # --- faces in a scene, found by the real detector ------------------------------------------------------------
 
+
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """A smooth random scene: low-frequency noise over a brightness gradient, in colour."""
     width, height = size
@@ -201,14 +206,17 @@ def paste_face(face: np.ndarray, width: int, rng: np.random.Generator) -> tuple[
     The face crop is extended by reflection so the detector sees a head with context rather than a square
     cut-out, then rotated about its centre by up to MAX_ROLL_DEG.
     """
-    patch = cv2.resize(face, (width, width), interpolation=cv2.INTER_AREA if width < face.shape[0] else
-                       cv2.INTER_LINEAR)
+    patch = cv2.resize(
+        face, (width, width), interpolation=cv2.INTER_AREA if width < face.shape[0] else cv2.INTER_LINEAR
+    )
     margin = width // 2
     padded = cv2.copyMakeBorder(patch, margin, margin, margin, margin, cv2.BORDER_REFLECT_101)
     side = padded.shape[0]
     angle = float(rng.uniform(-MAX_ROLL_DEG, MAX_ROLL_DEG))
     rotation = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), angle, 1.0)
-    rotated = cv2.warpAffine(padded, rotation, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    rotated = cv2.warpAffine(
+        padded, rotation, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
     gain, shift = float(rng.uniform(0.6, 1.4)), float(rng.uniform(-30, 30))
     rotated = np.clip(rotated.astype(np.float32) * gain + shift, 0, 255)
     alpha = np.zeros((side, side), np.float32)
@@ -227,7 +235,9 @@ def find_pasted(faces: list[Detection], placement: Placement) -> Detection | Non
     """The detection whose centre lies nearest the pasted face's, within half its width."""
     best, best_distance = None, placement.width / 2
     for face in faces:
-        distance = math.hypot(face.x + face.w / 2 - placement.centre[0], face.y + face.h / 2 - placement.centre[1])
+        distance = math.hypot(
+            face.x + face.w / 2 - placement.centre[0], face.y + face.h / 2 - placement.centre[1]
+        )
         if distance <= best_distance:
             best, best_distance = face, distance
     return best
@@ -241,7 +251,9 @@ class EyeDetector:
         self._size = SCENE
         self.min_face = min_face
 
-    def detect_with_eyes(self, image: np.ndarray) -> list[tuple[Detection, tuple[float, float, float, float]]]:
+    def detect_with_eyes(
+        self, image: np.ndarray
+    ) -> list[tuple[Detection, tuple[float, float, float, float]]]:
         size = (image.shape[1], image.shape[0])
         if size != self._size:
             self._net.setInputSize(size)
@@ -250,24 +262,41 @@ class EyeDetector:
         out = []
         for f in [] if faces is None else faces:
             if min(f[2], f[3]) >= self.min_face:
-                out.append((Detection(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[14])),
-                            (float(f[4]), float(f[5]), float(f[6]), float(f[7]))))
+                out.append(
+                    (
+                        Detection(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[14])),
+                        (float(f[4]), float(f[5]), float(f[6]), float(f[7])),
+                    )
+                )
         return out
 
 
-def upright_crop(image: np.ndarray, face: Detection, eyes: tuple[float, float, float, float], crop) -> np.ndarray:
+def upright_crop(
+    image: np.ndarray, face: Detection, eyes: tuple[float, float, float, float], crop
+) -> np.ndarray:
     """The runtime's crop after rotating the image about the face centre so the eyes lie level."""
     rx, ry, lx, ly = eyes  # YuNet: right eye (image left) first
     angle = math.degrees(math.atan2(ly - ry, lx - rx))
     cx, cy = face.x + face.w / 2, face.y + face.h / 2
     rotation = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-    upright = cv2.warpAffine(image, rotation, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
+    upright = cv2.warpAffine(
+        image,
+        rotation,
+        (image.shape[1], image.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return crop_face(upright, face, crop)
 
 
-def in_frame_condition(classifier: Classifier, detector: Detector, split: Split, width: int, seed: int,
-                       eyes: EyeDetector | None = None) -> dict:
+def in_frame_condition(
+    classifier: Classifier,
+    detector: Detector,
+    split: Split,
+    width: int,
+    seed: int,
+    eyes: EyeDetector | None = None,
+) -> dict:
     """Paste every face at ``width`` px, detect, crop as the runtime does, classify; misses count as wrong.
 
     With ``eyes``, faces come from cv2.FaceDetectorYN and each crop is first turned upright by the eyes.
@@ -282,8 +311,13 @@ def in_frame_condition(classifier: Classifier, detector: Detector, split: Split,
         else:
             candidates = eyes.detect_with_eyes(scene)
             found = find_pasted([d for d, _ in candidates], placement)
-            crop = None if found is None else upright_crop(
-                scene, found, next(e for d, e in candidates if d is found), classifier.card.crop)
+            crop = (
+                None
+                if found is None
+                else upright_crop(
+                    scene, found, next(e for d, e in candidates if d is found), classifier.card.crop
+                )
+            )
         if crop is None:
             continue
         crops.append(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
@@ -307,27 +341,48 @@ def in_frame_condition(classifier: Classifier, detector: Detector, split: Split,
     }
 
 
-def robustness(classifier: Classifier, detector: Detector | None, split: Split, seed: int = 0,
-               eyes: EyeDetector | None = None) -> dict:
-    conditions = {name: _degraded(classifier, split, degrade, np.random.default_rng([seed, i]))
-                  for i, (name, degrade) in enumerate(DEGRADATIONS.items())}
+def robustness(
+    classifier: Classifier,
+    detector: Detector | None,
+    split: Split,
+    seed: int = 0,
+    eyes: EyeDetector | None = None,
+) -> dict:
+    conditions = {
+        name: _degraded(classifier, split, degrade, np.random.default_rng([seed, i]))
+        for i, (name, degrade) in enumerate(DEGRADATIONS.items())
+    }
     if detector is not None:
         for width in FACE_WIDTHS:
-            conditions[f"in_frame_{width}px"] = in_frame_condition(classifier, detector, split, width, seed, eyes)
-    out = {"conditions": conditions, "mean_accuracy": float(np.mean([c["accuracy"] for c in conditions.values()]))}
+            conditions[f"in_frame_{width}px"] = in_frame_condition(
+                classifier, detector, split, width, seed, eyes
+            )
+    out = {
+        "conditions": conditions,
+        "mean_accuracy": float(np.mean([c["accuracy"] for c in conditions.values()])),
+    }
     if split.votes is not None:
         out["mean_ferplus_accuracy"] = float(np.mean([c["ferplus_accuracy"] for c in conditions.values()]))
-    out["lighting"] = {name: _degraded(classifier, split, change, np.random.default_rng([seed, 100 + i]))
-                       for i, (name, change) in enumerate(LIGHTING.items())}
+    out["lighting"] = {
+        name: _degraded(classifier, split, change, np.random.default_rng([seed, 100 + i]))
+        for i, (name, change) in enumerate(LIGHTING.items())
+    }
     return out
 
 
-def _degraded(classifier: Classifier, split: Split, degrade: Callable[[np.ndarray, np.random.Generator], np.ndarray],
-              rng: np.random.Generator) -> dict:
+def _degraded(
+    classifier: Classifier,
+    split: Split,
+    degrade: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    rng: np.random.Generator,
+) -> dict:
     """One crop condition: every face changed by ``degrade``, classified, scored against both labelings."""
     crops = np.stack([degrade(image, rng) for image in split.images])
     probs = classify_crops(classifier, crops)
     every = np.arange(len(crops))
-    return {"images": len(crops), "accuracy": accuracy(probs, split.targets),
-            **majority_accuracy(probs, split, every),
-            "outcomes": outcomes(probs, split.targets, every, len(crops))}
+    return {
+        "images": len(crops),
+        "accuracy": accuracy(probs, split.targets),
+        **majority_accuracy(probs, split, every),
+        "outcomes": outcomes(probs, split.targets, every, len(crops)),
+    }

@@ -113,7 +113,11 @@ def halve_model(
         "method": f"float32 weights of at least {MIN_ELEMENTS} values stored as float16, each behind a Cast to "
         "float32: all arithmetic in float32",
         "weights_converted": converted,
-        "source": {"dir": str(src_dir), "model_sha256": sha256_file(source), "size_bytes": source.stat().st_size},
+        "source": {
+            "dir": str(src_dir),
+            "model_sha256": sha256_file(source),
+            "size_bytes": source.stat().st_size,
+        },
         "size_bytes": (out_dir / "model.onnx").stat().st_size,
         "agreement": check,
         "ms_per_face": {name: round(value, 4) for name, value in speed.items()},

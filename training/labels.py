@@ -22,8 +22,14 @@ import numpy as np
 from .data import DatasetError
 
 SYNONYMS = {
-    "anger": "angry", "happiness": "happy", "sadness": "sad", "surprised": "surprise", "fearful": "fear",
-    "disgusted": "disgust", "happy": "happy", "neutral": "neutral",
+    "anger": "angry",
+    "happiness": "happy",
+    "sadness": "sad",
+    "surprised": "surprise",
+    "fearful": "fear",
+    "disgusted": "disgust",
+    "happy": "happy",
+    "neutral": "neutral",
 }
 
 
@@ -100,7 +106,10 @@ def read_votes(csv_path: Path, files: list[str], labels: list[str]) -> Votes:
             i = index.get(path)
             if i is None:
                 parts = path.split("/")
-                i = next((index[tail] for k in range(1, len(parts)) if (tail := "/".join(parts[k:])) in index), None)
+                i = next(
+                    (index[tail] for k in range(1, len(parts)) if (tail := "/".join(parts[k:])) in index),
+                    None,
+                )
             if i is None:
                 continue
             try:

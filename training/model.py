@@ -45,8 +45,13 @@ def small_cnn(config: ModelConfig) -> keras.Model:
     inputs = keras.Input((config.input_size, config.input_size, 3))
     x = inputs
     for block, channels in enumerate((32, 64, 128), start=1):
-        x = layers.Conv2D(max(8, round(channels * config.alpha)), 3, padding="same", use_bias=False,
-                          name=f"block{block}_conv")(x)
+        x = layers.Conv2D(
+            max(8, round(channels * config.alpha)),
+            3,
+            padding="same",
+            use_bias=False,
+            name=f"block{block}_conv",
+        )(x)
         x = layers.BatchNormalization(name=f"block{block}_bn")(x)
         x = layers.ReLU(name=f"block{block}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
@@ -59,11 +64,18 @@ def _backbone(config: ModelConfig) -> keras.Model:
     from keras import applications
 
     if config.backbone in SCRATCH_BACKBONES and config.weights != "none":
-        raise ValueError(f"backbone {config.backbone} has no pretrained weights; train it with --weights none")
+        raise ValueError(
+            f"backbone {config.backbone} has no pretrained weights; train it with --weights none"
+        )
     shape = (config.input_size, config.input_size, 3)
     keras_weights = "imagenet" if config.weights == "imagenet" else None
-    common = {"input_shape": shape, "alpha": config.alpha, "include_top": False, "weights": keras_weights,
-              "pooling": "avg"}
+    common = {
+        "input_shape": shape,
+        "alpha": config.alpha,
+        "include_top": False,
+        "weights": keras_weights,
+        "pooling": "avg",
+    }
     factories = {
         "mobilenet": (applications.MobileNet, {}),
         "mobilenetv2": (applications.MobileNetV2, {}),
@@ -126,7 +138,9 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     if config.normalise == "per-image":
         x = PerImageContrast(name="normalise")(x)  # on the stored resolution: the statistics are the same
     if config.image_size != config.input_size:
-        x = layers.Resizing(config.input_size, config.input_size, interpolation="bilinear", name="upsample")(x)
+        x = layers.Resizing(config.input_size, config.input_size, interpolation="bilinear", name="upsample")(
+            x
+        )
     x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
     if config.normalise == "fixed":
         x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(x)

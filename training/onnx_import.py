@@ -100,7 +100,9 @@ def _exported_layers(path: Path) -> dict[str, _Affine]:
         else:
             kernel = weight.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
         scale = np.ones(channels, np.float32)
-        shift = constants[node.input[2]].reshape(-1) if len(node.input) > 2 else np.zeros(channels, np.float32)
+        shift = (
+            constants[node.input[2]].reshape(-1) if len(node.input) > 2 else np.zeros(channels, np.float32)
+        )
         # Follow the chain of constant multiplies and adds a folded batch norm (or a Dense bias) leaves behind.
         output = node.output[0]
         while len(consumers.get(output, [])) == 1:
@@ -115,14 +117,18 @@ def _exported_layers(path: Path) -> dict[str, _Affine]:
             output = nxt.output[0]
         affine = _Affine(kernel.astype(np.float32), scale.astype(np.float32), shift.astype(np.float32))
         if name in layers and not _same(layers[name], affine):
-            raise GraphImportError(f"{path}: layer {name} appears twice with different weights (an ensemble?); "
-                                   "import a single network")
+            raise GraphImportError(
+                f"{path}: layer {name} appears twice with different weights (an ensemble?); "
+                "import a single network"
+            )
         layers[name] = affine  # a flip-TTA export runs the one network twice: the same weights, twice
     return layers
 
 
 def _same(a: _Affine, b: _Affine) -> bool:
-    return all(np.array_equal(x, y) for x, y in ((a.kernel, b.kernel), (a.scale, b.scale), (a.shift, b.shift)))
+    return all(
+        np.array_equal(x, y) for x, y in ((a.kernel, b.kernel), (a.scale, b.scale), (a.shift, b.shift))
+    )
 
 
 def _attribute(node, name: str, default: int) -> int:
@@ -166,15 +172,19 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
     expected = [conv.name for conv, _ in pairs] + [head.name]
     missing = [name for name in expected if name not in exported]
     if missing:
-        raise GraphImportError(f"{path}: no exported weights for {len(missing)} layer(s) of this architecture "
-                               f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); is it the same "
-                               "backbone, and exported by this trainer?")
+        raise GraphImportError(
+            f"{path}: no exported weights for {len(missing)} layer(s) of this architecture "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); is it the same "
+            "backbone, and exported by this trainer?"
+        )
 
     def shaped(layer, kernel: np.ndarray) -> np.ndarray:
         want = tuple(layer.get_weights()[0].shape)
         if kernel.shape != want:
-            raise GraphImportError(f"{path}: layer {layer.name} has shape {kernel.shape} in the graph and {want} "
-                                   "here; the backbone, alpha or input size differ")
+            raise GraphImportError(
+                f"{path}: layer {layer.name} has shape {kernel.shape} in the graph and {want} "
+                "here; the backbone, alpha or input size differ"
+            )
         return kernel
 
     # Pass 1: kernels, and batch norms that compute the exported affine map with placeholder statistics, so that
@@ -194,8 +204,9 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
 
     # Pass 2: the statistics of every convolution's output on real faces; the map stays exact.
     with_bn = [(conv, bn) for conv, bn in pairs if bn is not None]
-    for (conv, bn), (mean, var) in zip(with_bn, _output_statistics(classifier, [c for c, _ in with_bn], images),
-                                       strict=True):
+    for (conv, bn), (mean, var) in zip(
+        with_bn, _output_statistics(classifier, [c for c, _ in with_bn], images), strict=True
+    ):
         _set_batch_norm(bn, exported[conv.name], mean, var)
 
     got = classifier.predict(images, verbose=0, batch_size=128)
@@ -204,8 +215,10 @@ def import_onnx(classifier, path: Path, images: np.ndarray, flip_tta: bool = Fal
     want = onnx_probabilities(path, images)
     diff = float(np.abs(got - want).max())
     if not diff <= PARITY_TOLERANCE:
-        raise GraphImportError(f"{path}: the rebuilt network differs from the graph by {diff:.2e} (tolerance "
-                               f"{PARITY_TOLERANCE:.0e}); was it exported with a different normalisation or TTA?")
+        raise GraphImportError(
+            f"{path}: the rebuilt network differs from the graph by {diff:.2e} (tolerance "
+            f"{PARITY_TOLERANCE:.0e}); was it exported with a different normalisation or TTA?"
+        )
     return diff
 
 
@@ -217,7 +230,9 @@ def _output_statistics(classifier, convs: list, images: np.ndarray, batch: int =
 
     backbone = backbone_of(classifier)
     # The layer just before the backbone (normalisation or grey-to-RGB) outputs what the backbone is fed.
-    feeder = keras.Model(classifier.inputs[0], classifier.layers[classifier.layers.index(backbone) - 1].output)
+    feeder = keras.Model(
+        classifier.inputs[0], classifier.layers[classifier.layers.index(backbone) - 1].output
+    )
     probe = keras.Model(backbone.inputs[0], [conv.output for conv in convs])
     sums = [np.zeros(conv.output.shape[-1]) for conv in convs]
     squares = [np.zeros(conv.output.shape[-1]) for conv in convs]

@@ -47,8 +47,13 @@ def _marks(text: str) -> tuple[np.ndarray, np.ndarray]:
     return chars == ord("1"), chars != ord("-")
 
 
-def paired_differences(a: Mapping[str, str], b: Mapping[str, str], mean_of: tuple[str, ...] = (),
-                       draws: int = DRAWS, seed: int = 0) -> list[PairedDifference]:
+def paired_differences(
+    a: Mapping[str, str],
+    b: Mapping[str, str],
+    mean_of: tuple[str, ...] = (),
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> list[PairedDifference]:
     """B - A for every condition both have (outcome strings by name), plus ``mean`` over ``mean_of`` if given.
 
     A face counts in a condition when both models were scored on it there. Raises ValueError when the two
@@ -57,10 +62,16 @@ def paired_differences(a: Mapping[str, str], b: Mapping[str, str], mean_of: tupl
     names = [name for name in a if name in b]
     sizes = {len(a[name]) for name in names} | {len(b[name]) for name in names}
     if len(sizes) > 1:
-        raise ValueError(f"the outcomes cover different numbers of faces ({sorted(sizes)}); compare results of "
-                         "the same split, seed and --limit")
+        raise ValueError(
+            f"the outcomes cover different numbers of faces ({sorted(sizes)}); compare results of "
+            "the same split, seed and --limit"
+        )
     faces = sizes.pop() if sizes else 0
-    counts = np.random.default_rng(seed).multinomial(faces, np.full(faces, 1 / faces), size=draws) if faces else None
+    counts = (
+        np.random.default_rng(seed).multinomial(faces, np.full(faces, 1 / faces), size=draws)
+        if faces
+        else None
+    )
     found: dict[str, tuple[float, float, np.ndarray]] = {}
     out = []
     for name in names:
@@ -81,8 +92,15 @@ def paired_differences(a: Mapping[str, str], b: Mapping[str, str], mean_of: tupl
         if missing:
             raise ValueError(f"no outcomes for {', '.join(missing)} in both results; cannot compare the mean")
         parts = [found[name] for name in mean_of]
-        out.append(_difference("mean", faces, float(np.mean([p[0] for p in parts])),
-                               float(np.mean([p[1] for p in parts])), np.mean([p[2] for p in parts], axis=0)))
+        out.append(
+            _difference(
+                "mean",
+                faces,
+                float(np.mean([p[0] for p in parts])),
+                float(np.mean([p[1] for p in parts])),
+                np.mean([p[2] for p in parts], axis=0),
+            )
+        )
     return out
 
 

@@ -43,8 +43,10 @@ DEFAULT_SEED = 42
 DEFAULT_MAX_DROP = 1.0  # points of validation accuracy
 TIMING_RUNS = 300
 TIMING_BLOCK = 25
-FLOAT_RULE = ("only nodes with a Conv both before and after them are quantised; the preprocessing, the "
-              "first and last Conv of each branch, and the pooling, classifier and softmax after it stay float")
+FLOAT_RULE = (
+    "only nodes with a Conv both before and after them are quantised; the preprocessing, the "
+    "first and last Conv of each branch, and the pooling, classifier and softmax after it stay float"
+)
 
 Split = tuple[Path, str | None]  # a class-folder dataset and an optional file-name glob
 
@@ -53,8 +55,9 @@ class QuantizeError(ValueError):
     """A source that cannot be quantised, or an int8 model that loses too much accuracy; nothing written."""
 
 
-def read_source(src_dir: Path, action: str = "quantise",
-                error: type[ValueError] = QuantizeError) -> tuple[Path, dict]:
+def read_source(
+    src_dir: Path, action: str = "quantise", error: type[ValueError] = QuantizeError
+) -> tuple[Path, dict]:
     """SRC_DIR's model.onnx and card, checked to be a float model the runtime can read.
 
     ``action`` and ``error`` let the other steps on exported models (smoothing) say what they refused.
@@ -74,8 +77,10 @@ def read_source(src_dir: Path, action: str = "quantise",
         raise error(f"{src_dir}: this model is already quantised; {action} its float source instead")
     spec = card.get("input") or {}
     if not card.get("labels") or spec.get("height") is None or spec.get("height") != spec.get("width"):
-        raise error(f"{card_path}: needs labels and a square input height x width, found "
-                    f"{spec.get('height')}x{spec.get('width')}")
+        raise error(
+            f"{card_path}: needs labels and a square input height x width, found "
+            f"{spec.get('height')}x{spec.get('width')}"
+        )
     if int(spec.get("channels", 1)) != 1:
         raise error(f"{card_path}: only greyscale (channels 1) models are supported")
     return model, card
@@ -114,7 +119,9 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
                     stack.append(i)
         return False
 
-    return [node.name for i, node in enumerate(nodes) if not (reaches_conv(i, True) and reaches_conv(i, False))]
+    return [
+        node.name for i, node in enumerate(nodes) if not (reaches_conv(i, True) and reaches_conv(i, False))
+    ]
 
 
 def quantize_onnx(src: Path, out: Path, calibration: np.ndarray, workdir: Path) -> list[str]:
@@ -151,9 +158,15 @@ def quantize_onnx(src: Path, out: Path, calibration: np.ndarray, workdir: Path) 
         model = onnx.load(str(prepared))
         keep_float = float_nodes(model)
         quantize_static(
-            str(prepared), str(out), Reader(model.graph.input[0].name, np.asarray(calibration, dtype=np.float32)),
-            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_float,
+            str(prepared),
+            str(out),
+            Reader(model.graph.input[0].name, np.asarray(calibration, dtype=np.float32)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_float,
             extra_options={"CalibMovingAverage": True},
         )
     except Exception as exc:  # onnxruntime and onnx raise many types; all of them mean "cannot"
@@ -178,14 +191,17 @@ def check_accuracy_drop(float_accuracy: float, int8_accuracy: float, max_drop: f
     """The drop in points; QuantizeError when it exceeds ``max_drop`` (a negative one demands a gain)."""
     drop = round(100.0 * (float_accuracy - int8_accuracy), 9)  # 0.64 - 0.63 is not exactly 0.01
     if drop > max_drop:
-        raise QuantizeError(f"the int8 model loses {drop:.2f} points of validation accuracy "
-                            f"({100 * float_accuracy:.2f}% -> {100 * int8_accuracy:.2f}%), more than "
-                            f"--max-drop {max_drop:g}; nothing written")
+        raise QuantizeError(
+            f"the int8 model loses {drop:.2f} points of validation accuracy "
+            f"({100 * float_accuracy:.2f}% -> {100 * int8_accuracy:.2f}%), more than "
+            f"--max-drop {max_drop:g}; nothing written"
+        )
     return drop
 
 
-def time_per_face(models: dict[str, Path], image: np.ndarray, runs: int = TIMING_RUNS,
-                  block: int = TIMING_BLOCK) -> dict[str, float]:
+def time_per_face(
+    models: dict[str, Path], image: np.ndarray, runs: int = TIMING_RUNS, block: int = TIMING_BLOCK
+) -> dict[str, float]:
     """Median ms per face at batch 1 on one thread, as the runtime runs it.
 
     Blocks alternate between the models (and their order between rounds), so load from other processes
@@ -197,8 +213,10 @@ def time_per_face(models: dict[str, Path], image: np.ndarray, runs: int = TIMING
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                for name, path in models.items()}
+    sessions = {
+        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for name, path in models.items()
+    }
     feed = np.asarray(image, dtype=np.float32)[None]
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for session in sessions.values():  # warm-up: allocations and caches
@@ -227,37 +245,65 @@ def _versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("onnxruntime", "onnx")}
 
 
-def _measure(source: Path, int8: Path, splits: dict[str, Dataset], calib_images: np.ndarray,
-             labels: list[str]) -> tuple[dict, dict, dict]:
+def _measure(
+    source: Path, int8: Path, splits: dict[str, Dataset], calib_images: np.ndarray, labels: list[str]
+) -> tuple[dict, dict, dict]:
     """Agreement (on val, else the calibration images), int8 metrics and float/int8 accuracy per split."""
     from . import evaluate as ev
 
-    probs = {name: {kind: onnx_probabilities(path, ds.images[..., None].astype(np.float32))
-                    for kind, path in (("float", source), ("int8", int8))}
-             for name, ds in splits.items()}
+    probs = {
+        name: {
+            kind: onnx_probabilities(path, ds.images[..., None].astype(np.float32))
+            for kind, path in (("float", source), ("int8", int8))
+        }
+        for name, ds in splits.items()
+    }
     if "val" in probs:
-        check = {**compare(probs["val"]["float"], probs["val"]["int8"]), "set": f"val: {splits['val'].describe()}"}
+        check = {
+            **compare(probs["val"]["float"], probs["val"]["int8"]),
+            "set": f"val: {splits['val'].describe()}",
+        }
     else:
-        check = {**compare(onnx_probabilities(source, calib_images), onnx_probabilities(int8, calib_images)),
-                 "set": "the calibration images (no --val given)"}
-    log.info("int8 vs float on %d images: argmax agreement %.4f, max |diff| %.3e, mean |diff| %.3e",
-             check["images"], check["argmax_agreement"], check["max_abs_diff"], check["mean_abs_diff"])
+        check = {
+            **compare(onnx_probabilities(source, calib_images), onnx_probabilities(int8, calib_images)),
+            "set": "the calibration images (no --val given)",
+        }
+    log.info(
+        "int8 vs float on %d images: argmax agreement %.4f, max |diff| %.3e, mean |diff| %.3e",
+        check["images"],
+        check["argmax_agreement"],
+        check["max_abs_diff"],
+        check["mean_abs_diff"],
+    )
     results, accuracy = {}, {}
     for name, ds in splits.items():
         split = f"{name}: {ds.describe()}"
         results[name] = ev.classification_metrics(probs[name]["int8"], ds.targets, labels, split)
         float_acc = float(np.mean(probs[name]["float"].argmax(1) == ds.targets))
         int8_acc = results[name]["accuracy"]
-        accuracy[name] = {"split": split, "n": len(ds), "float": float_acc, "int8": int8_acc,
-                          "drop_points": round(100 * (float_acc - int8_acc), 4)}
+        accuracy[name] = {
+            "split": split,
+            "n": len(ds),
+            "float": float_acc,
+            "int8": int8_acc,
+            "drop_points": round(100 * (float_acc - int8_acc), 4),
+        }
         log.info("%s accuracy: float %.4f, int8 %.4f", name, float_acc, int8_acc)
     return check, results, accuracy
 
 
-def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int = DEFAULT_IMAGES,
-                   seed: int = DEFAULT_SEED, val: Split | None = None, test: Split | None = None,
-                   max_drop: float = DEFAULT_MAX_DROP, command: Sequence[str] | None = None,
-                   timing_runs: int = TIMING_RUNS) -> tuple[dict, dict]:
+def quantize_model(
+    src_dir: Path,
+    out_dir: Path,
+    calibration: Split,
+    images: int = DEFAULT_IMAGES,
+    seed: int = DEFAULT_SEED,
+    val: Split | None = None,
+    test: Split | None = None,
+    max_drop: float = DEFAULT_MAX_DROP,
+    command: Sequence[str] | None = None,
+    timing_runs: int = TIMING_RUNS,
+) -> tuple[dict, dict]:
     """SRC_DIR's model as int8 in OUT_DIR (model.onnx, model.json, metrics.json, plots), once it passes.
 
     Calibrates on ``images`` random images of ``calibration``, compares float and int8 on the val split
@@ -270,8 +316,11 @@ def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int
     source, card = read_source(src_dir)
     labels, size = list(card["labels"]), int(card["input"]["height"])
     calib_set = load_folder(Path(calibration[0]), size, calibration[1])
-    splits = {name: load_folder(Path(spec[0]), size, spec[1], labels=labels)
-              for name, spec in (("val", val), ("test", test)) if spec}
+    splits = {
+        name: load_folder(Path(spec[0]), size, spec[1], labels=labels)
+        for name, spec in (("val", val), ("test", test))
+        if spec
+    }
     calib_images = _sample(calib_set, images, seed)
     if len(calib_images) < images:
         log.warning("%s: only %d images; calibrating on all of them", calib_set.describe(), len(calib_images))
@@ -291,22 +340,36 @@ def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int
 
     section = {
         "method": "onnxruntime static quantisation: QDQ, int8 weights per channel (QInt8), uint8 activations "
-                  "(QUInt8), MinMax calibration with a moving average, after quant_pre_process",
-        "calibration": {"set": calib_set.describe(), "sha256": calib_set.content_hash, "available": len(calib_set),
-                        "images": len(calib_images),
-                        "selection": "distinct random images, one per calibration batch, in drawn order"},
+        "(QUInt8), MinMax calibration with a moving average, after quant_pre_process",
+        "calibration": {
+            "set": calib_set.describe(),
+            "sha256": calib_set.content_hash,
+            "available": len(calib_set),
+            "images": len(calib_images),
+            "selection": "distinct random images, one per calibration batch, in drawn order",
+        },
         "seed": seed,
         "float_nodes": keep_float,
         "float_rule": FLOAT_RULE,
         "versions": _versions(),
-        "source": {"dir": str(src_dir), "model_sha256": sha256_file(source), "size_bytes": source.stat().st_size,
-                   "metrics": card.get("metrics", {})},
+        "source": {
+            "dir": str(src_dir),
+            "model_sha256": sha256_file(source),
+            "size_bytes": source.stat().st_size,
+            "metrics": card.get("metrics", {}),
+        },
         "size_bytes": (out_dir / "model.onnx").stat().st_size,
         "agreement": check,
         "accuracy": accuracy,
-        "ms_per_face": {"float": round(speed["float"], 4), "int8": round(speed["int8"], 4),
-                        "speedup": round(speed["float"] / speed["int8"], 3), "runs": timing_runs, "batch": 1,
-                        "threads": 1, "statistic": "median"},
+        "ms_per_face": {
+            "float": round(speed["float"], 4),
+            "int8": round(speed["int8"], 4),
+            "speedup": round(speed["float"] / speed["int8"], 3),
+            "runs": timing_runs,
+            "batch": 1,
+            "threads": 1,
+            "statistic": "median",
+        },
         "command": list(command or []),
     }
     (out_dir / "plots").mkdir(exist_ok=True)
@@ -323,6 +386,10 @@ def quantize_model(src_dir: Path, out_dir: Path, calibration: Split, images: int
     quantized["metrics"] = {name: card_metrics(results[name]) for name in ("val", "test") if name in results}
     quantized["quantization"] = section
     write_json_atomic(out_dir / "model.json", quantized)
-    log.info("wrote %s (%d bytes, from %d)", out_dir / "model.onnx", section["size_bytes"],
-             section["source"]["size_bytes"])
+    log.info(
+        "wrote %s (%d bytes, from %d)",
+        out_dir / "model.onnx",
+        section["size_bytes"],
+        section["source"]["size_bytes"],
+    )
     return results, section

@@ -70,8 +70,10 @@ def smoothing_matrix(size: int, sigma: float) -> np.ndarray:
 def reference_smooth(images: np.ndarray, sigma: float) -> np.ndarray:
     """OpenCV's separable filter with the same taps: the independent reference the graph is checked against."""
     taps = gaussian_kernel(sigma).astype(np.float32)
-    out = [cv2.sepFilter2D(image[..., 0], cv2.CV_32F, taps, taps, borderType=cv2.BORDER_REFLECT_101)
-           for image in np.asarray(images, dtype=np.float32)]
+    out = [
+        cv2.sepFilter2D(image[..., 0], cv2.CV_32F, taps, taps, borderType=cv2.BORDER_REFLECT_101)
+        for image in np.asarray(images, dtype=np.float32)
+    ]
     return np.stack(out)[..., None]
 
 
@@ -88,17 +90,31 @@ def add_smoothing(model: onnx.ModelProto, sigma: float) -> onnx.ModelProto:
     smoothed = f"{PREFIX}/output"
     for node in graph.node:  # everything that read the image now reads the smoothed image
         node.input[:] = [smoothed if name == source else name for name in node.input]
-    graph.initializer.extend([
-        numpy_helper.from_array(smoothing_matrix(height, sigma), f"{PREFIX}/rows"),
-        numpy_helper.from_array(smoothing_matrix(width, sigma).T.copy(), f"{PREFIX}/columns"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(smoothing_matrix(height, sigma), f"{PREFIX}/rows"),
+            numpy_helper.from_array(smoothing_matrix(width, sigma).T.copy(), f"{PREFIX}/columns"),
+        ]
+    )
     nodes = [  # NHWC -> NCHW, rows @ image @ columns^T, back to NHWC
-        helper.make_node("Transpose", [source], [f"{PREFIX}/nchw"], name=f"{PREFIX}/to_nchw", perm=[0, 3, 1, 2]),
-        helper.make_node("MatMul", [f"{PREFIX}/rows", f"{PREFIX}/nchw"], [f"{PREFIX}/along_rows"],
-                         name=f"{PREFIX}/rows_matmul"),
-        helper.make_node("MatMul", [f"{PREFIX}/along_rows", f"{PREFIX}/columns"], [f"{PREFIX}/both"],
-                         name=f"{PREFIX}/columns_matmul"),
-        helper.make_node("Transpose", [f"{PREFIX}/both"], [smoothed], name=f"{PREFIX}/to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node(
+            "Transpose", [source], [f"{PREFIX}/nchw"], name=f"{PREFIX}/to_nchw", perm=[0, 3, 1, 2]
+        ),
+        helper.make_node(
+            "MatMul",
+            [f"{PREFIX}/rows", f"{PREFIX}/nchw"],
+            [f"{PREFIX}/along_rows"],
+            name=f"{PREFIX}/rows_matmul",
+        ),
+        helper.make_node(
+            "MatMul",
+            [f"{PREFIX}/along_rows", f"{PREFIX}/columns"],
+            [f"{PREFIX}/both"],
+            name=f"{PREFIX}/columns_matmul",
+        ),
+        helper.make_node(
+            "Transpose", [f"{PREFIX}/both"], [smoothed], name=f"{PREFIX}/to_nhwc", perm=[0, 2, 3, 1]
+        ),
     ]
     existing = list(graph.node)
     del graph.node[:]
@@ -113,22 +129,36 @@ def check_parity(source: Path, smoothed: Path, images: np.ndarray, sigma: float)
     got = onnx_probabilities(smoothed, np.asarray(images, dtype=np.float32))
     diff = float(np.max(np.abs(expected - got)))
     if not diff <= PARITY_TOLERANCE:
-        raise SmoothingError(f"{smoothed}: smoothed graph differs from the reference by {diff:.2e} "
-                             f"(tolerance {PARITY_TOLERANCE:.0e}); not written")
-    return {"images": len(images), "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE,
-            "reference": "the source model on images smoothed by cv2.sepFilter2D (BORDER_REFLECT_101)"}
+        raise SmoothingError(
+            f"{smoothed}: smoothed graph differs from the reference by {diff:.2e} "
+            f"(tolerance {PARITY_TOLERANCE:.0e}); not written"
+        )
+    return {
+        "images": len(images),
+        "max_abs_diff": diff,
+        "tolerance": PARITY_TOLERANCE,
+        "reference": "the source model on images smoothed by cv2.sepFilter2D (BORDER_REFLECT_101)",
+    }
 
 
 def _read_smoothable(src_dir: Path) -> tuple[Path, dict]:
     source, card = read_source(src_dir, action="smooth", error=SmoothingError)
     if "smoothing" in card:
-        raise SmoothingError(f"{src_dir}: this model is already smoothed (sigma {card['smoothing'].get('sigma')}); "
-                             "smooth its source instead")
+        raise SmoothingError(
+            f"{src_dir}: this model is already smoothed (sigma {card['smoothing'].get('sigma')}); "
+            "smooth its source instead"
+        )
     return source, card
 
 
-def smooth_model(src_dir: Path, out_dir: Path, sigmas: Sequence[float] = DEFAULT_SIGMAS, val: Split | None = None,
-                 test: Split | None = None, command: Sequence[str] | None = None) -> tuple[dict, dict]:
+def smooth_model(
+    src_dir: Path,
+    out_dir: Path,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    val: Split | None = None,
+    test: Split | None = None,
+    command: Sequence[str] | None = None,
+) -> tuple[dict, dict]:
     """SRC_DIR's model with input smoothing in OUT_DIR; with several sigmas, the best on ``val`` is kept.
 
     Returns the metrics (as in metrics.json) and the card's ``smoothing`` section.
@@ -139,8 +169,11 @@ def smooth_model(src_dir: Path, out_dir: Path, sigmas: Sequence[float] = DEFAULT
     src_dir, out_dir = Path(src_dir).resolve(), Path(out_dir)
     source, card = _read_smoothable(src_dir)
     labels, size = list(card["labels"]), int(card["input"]["height"])
-    splits: dict[str, Dataset] = {name: load_folder(Path(spec[0]), size, spec[1], labels=labels)
-                                  for name, spec in (("val", val), ("test", test)) if spec}
+    splits: dict[str, Dataset] = {
+        name: load_folder(Path(spec[0]), size, spec[1], labels=labels)
+        for name, spec in (("val", val), ("test", test))
+        if spec
+    }
     base = onnx.load(str(source))
     with tempfile.TemporaryDirectory(prefix="emotion-smooth-") as work:
         candidates, paths = [], {}
@@ -153,16 +186,28 @@ def smooth_model(src_dir: Path, out_dir: Path, sigmas: Sequence[float] = DEFAULT
                 candidates.append({"sigma": sigma, "val_accuracy": accuracy})
                 log.info("sigma %.2f: val accuracy %.4f", sigma, accuracy)
         # The best validation accuracy; on a tie the smaller sigma, the smaller change.
-        chosen = max(candidates, key=lambda c: (c["val_accuracy"], -c["sigma"]))["sigma"] if candidates else sigmas[0]
+        chosen = (
+            max(candidates, key=lambda c: (c["val_accuracy"], -c["sigma"]))["sigma"]
+            if candidates
+            else sigmas[0]
+        )
         check_set = splits.get("val", splits.get("test"))
-        images = (check_set.images[:PARITY_IMAGES, ..., None] if check_set is not None
-                  else np.random.default_rng(0).uniform(0, 255, (32, size, size, 1)))
+        images = (
+            check_set.images[:PARITY_IMAGES, ..., None]
+            if check_set is not None
+            else np.random.default_rng(0).uniform(0, 255, (32, size, size, 1))
+        )
         parity = check_parity(source, paths[chosen], images, chosen)
         out_dir.mkdir(parents=True, exist_ok=True)
         install_file(paths[chosen], out_dir / "model.onnx")
 
-    results = evaluate_splits(out_dir / "model.onnx", splits, labels, out_dir / "plots",
-                              f"Smoothed (sigma {chosen}) confusion matrix")
+    results = evaluate_splits(
+        out_dir / "model.onnx",
+        splits,
+        labels,
+        out_dir / "plots",
+        f"Smoothed (sigma {chosen}) confusion matrix",
+    )
     write_json_atomic(out_dir / "metrics.json", results)
     section = {
         "sigma": chosen,
@@ -172,8 +217,15 @@ def smooth_model(src_dir: Path, out_dir: Path, sigmas: Sequence[float] = DEFAULT
         "why": "training augmentation resamples every image, so the network learned on smoothed faces",
         "chosen_on": f"val: {splits['val'].describe()}" if "val" in splits else "given (one sigma)",
         "candidates": candidates,
-        "parity": {**parity, "check_images": check_set.describe() if check_set is not None else "seeded noise"},
-        "source": {"dir": str(src_dir), "model_sha256": sha256_file(source), "metrics": card.get("metrics", {})},
+        "parity": {
+            **parity,
+            "check_images": check_set.describe() if check_set is not None else "seeded noise",
+        },
+        "source": {
+            "dir": str(src_dir),
+            "model_sha256": sha256_file(source),
+            "metrics": card.get("metrics", {}),
+        },
         "command": list(command or []),
     }
     smoothed = copy.deepcopy(card)

@@ -44,7 +44,9 @@ def _ingredient(run_dir: Path) -> tuple[RunDir, RunConfig, dict]:
     run = RunDir(Path(run_dir).resolve())
     for path in (run.best, run.config, run.card):
         if not path.is_file():
-            raise SoupError(f"{run.root}: no {path.relative_to(run.root)}; a soup needs finished training runs")
+            raise SoupError(
+                f"{run.root}: no {path.relative_to(run.root)}; a soup needs finished training runs"
+            )
     return run, RunConfig.from_dict(json.loads(run.config.read_text())), json.loads(run.card.read_text())
 
 
@@ -55,8 +57,10 @@ def _check_ingredients(ingredients: list[tuple[RunDir, RunConfig, dict]]) -> Non
         for key in ARCHITECTURE:
             a, b = getattr(first_config.train.model, key), getattr(config.train.model, key)
             if a != b:
-                raise SoupError(f"{run.root}: {key} {b!r} differs from {first_run.root}'s {a!r}; only runs of one "
-                                "architecture can be averaged")
+                raise SoupError(
+                    f"{run.root}: {key} {b!r} differs from {first_run.root}'s {a!r}; only runs of one "
+                    "architecture can be averaged"
+                )
         for key in ("labels", "input"):
             if card.get(key) != first_card.get(key):
                 raise SoupError(f"{run.root}: its card's {key} differs from {first_run.root}'s")
@@ -78,9 +82,14 @@ def average_weights(weight_lists: Sequence[list[np.ndarray]], weights: Sequence[
     ]  # fmt: skip
 
 
-def soup_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[float] | None = None,
-             val: tuple[Path, str | None] | None = None, test: tuple[Path, str | None] | None = None,
-             command: list[str] | None = None) -> tuple[dict, dict]:
+def soup_run(
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    weights: Sequence[float] | None = None,
+    val: tuple[Path, str | None] | None = None,
+    test: tuple[Path, str | None] | None = None,
+    command: list[str] | None = None,
+) -> tuple[dict, dict]:
     """Average the runs' best checkpoints into OUT_DIR (checkpoints/best.keras, model.onnx, model.json,
     metrics.json, plots). Returns the metrics and the export parity figures."""
     from . import evaluate as ev
@@ -98,8 +107,11 @@ def soup_run(run_dirs: Sequence[Path], out_dir: Path, weights: Sequence[float] |
     soup = networks[0]
     soup.set_weights(average_weights([n.get_weights() for n in networks], shares))
 
-    splits = {name: load_folder(Path(spec[0]), model.image_size, spec[1], labels=labels)
-              for name, spec in (("val", val), ("test", test)) if spec}
+    splits = {
+        name: load_folder(Path(spec[0]), model.image_size, spec[1], labels=labels)
+        for name, spec in (("val", val), ("test", test))
+        if spec
+    }
     if "val" in splits:
         check = splits["val"].images[:PARITY_IMAGES]
         checked_on = f"val split, first {len(check)}"

@@ -68,7 +68,9 @@ class TrainConfig:
     augmentation: dict | None = None  # AugmentConfig fields overriding its defaults (strength/erasing above)
     labels: str | None = None  # a votes CSV (multi-rater soft labels); see training/labels.py
     label_weight: float = 0.0  # share of each voted target that stays the folder's one-hot label
-    init_from: str | None = None  # a run's best.keras or an exported model.onnx to start from (same architecture)
+    init_from: str | None = (
+        None  # a run's best.keras or an exported model.onnx to start from (same architecture)
+    )
     patience: int = 8  # epochs without a better val accuracy before stage 2 stops
     seed: int = 42
     teacher: str | None = None  # an exported model.onnx whose probabilities join the targets (distillation)
@@ -150,7 +152,9 @@ def save_checkpoint(model: keras.Model, checkpoints: Path, name: str) -> None:
     """
     with atomic_path(checkpoints / f"{name}.weights.h5", suffix=".tmp.weights.h5") as pending:
         model.save_weights(pending.path)  # Keras wants the .weights.h5 suffix
-    optimizer_vars = {f"v{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
+    optimizer_vars = {
+        f"v{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)
+    }
     with atomic_file(checkpoints / f"{name}.optimizer.npz", suffix=".tmp.npz") as handle:
         np.savez(handle, **optimizer_vars)
 
@@ -188,10 +192,20 @@ def one_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
 def distillation_targets(config: TrainConfig, run: RunDir, train: Dataset, labels: np.ndarray) -> np.ndarray:
     """One-hot labels blended with the teacher's probabilities, cached in the run for an exact resume."""
     teacher = Path(config.teacher)
-    probs = cached_teacher_probabilities(teacher, sha256_file(teacher), train.images, train.content_hash,
-                                         train.labels, run.checkpoints / CACHE_NAME)
-    log.info("teacher %s: agrees with the labels on %.1f%% of the training images; targets are %.0f%% teacher",
-             teacher, 100 * float(np.mean(probs.argmax(axis=1) == train.targets)), 100 * config.teacher_weight)
+    probs = cached_teacher_probabilities(
+        teacher,
+        sha256_file(teacher),
+        train.images,
+        train.content_hash,
+        train.labels,
+        run.checkpoints / CACHE_NAME,
+    )
+    log.info(
+        "teacher %s: agrees with the labels on %.1f%% of the training images; targets are %.0f%% teacher",
+        teacher,
+        100 * float(np.mean(probs.argmax(axis=1) == train.targets)),
+        100 * config.teacher_weight,
+    )
     return blend_targets(labels, probs, config.teacher_weight)
 
 
@@ -199,8 +213,11 @@ def online_teacher(config: TrainConfig, run: RunDir, train: Dataset) -> Teacher:
     """The teacher that AugmentedBatches runs on each augmented batch, its file pinned for --resume."""
     teacher = Path(config.teacher)
     pin_teacher(teacher, sha256_file(teacher), run.checkpoints / ONLINE_RECORD_NAME)
-    log.info("teacher %s runs on every augmented batch (online); targets are %.0f%% teacher",
-             teacher, 100 * config.teacher_weight)
+    log.info(
+        "teacher %s runs on every augmented batch (online); targets are %.0f%% teacher",
+        teacher,
+        100 * config.teacher_weight,
+    )
     return Teacher(teacher, train.labels)
 
 
@@ -246,7 +263,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         state.history.append(
-            {"epoch": epoch + 1, "stage": self.stage, "lr": lr, "iterations": iterations, "seconds": seconds, **logs}
+            {
+                "epoch": epoch + 1,
+                "stage": self.stage,
+                "lr": lr,
+                "iterations": iterations,
+                "seconds": seconds,
+                **logs,
+            }
         )
         val_accuracy = logs.get("val_accuracy", -1.0)
         if val_accuracy > state.best_val_accuracy:
@@ -269,8 +293,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         _write_history(self.run, state.history)
         log.info(
             "epoch %d (stage %d) %.0fs: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.2e%s",
-            epoch + 1, self.stage, seconds, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
-            logs.get("val_loss", math.nan), val_accuracy, lr,
+            epoch + 1,
+            self.stage,
+            seconds,
+            logs.get("loss", math.nan),
+            logs.get("accuracy", math.nan),
+            logs.get("val_loss", math.nan),
+            val_accuracy,
+            lr,
             " (best)" if state.best_epoch == epoch + 1 else "",
         )
         if state.stopped_early:
@@ -292,8 +322,17 @@ class AugmentedBatches(keras.utils.PyDataset):
     probabilities on the augmented images themselves.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
-                 augment: AugmentConfig, seed: int, teacher: Teacher | None = None, teacher_weight: float = 0.0):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        batch_size: int,
+        augment: AugmentConfig,
+        seed: int,
+        teacher: Teacher | None = None,
+        teacher_weight: float = 0.0,
+    ):
         super().__init__()
         self.images, self.targets, self.weights = images, targets, weights
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
@@ -339,19 +378,37 @@ def starting_classifier(config: TrainConfig, train: Dataset) -> keras.Model:
     normalise = card.get("input", {}).get("normalise", "fixed")
     classes = len(card.get("labels", [])) or config.model.num_classes
     side = int(card.get("input", {}).get("height", config.model.image_size))  # the graph's input; no weights
-    upsampled = int(card.get("backbone", {}).get("input_size", config.model.input_size))  # resized to, in-graph
-    start = build_classifier(dataclasses.replace(config.model, weights="none", normalise=normalise,
-                                                 num_classes=classes, image_size=side, input_size=upsampled))
+    upsampled = int(
+        card.get("backbone", {}).get("input_size", config.model.input_size)
+    )  # resized to, in-graph
+    start = build_classifier(
+        dataclasses.replace(
+            config.model,
+            weights="none",
+            normalise=normalise,
+            num_classes=classes,
+            image_size=side,
+            input_size=upsampled,
+        )
+    )
     rng = np.random.default_rng(config.seed)
-    sample = rng.choice(len(train.images), size=min(IMPORT_CALIBRATION_IMAGES, len(train.images)), replace=False)
+    sample = rng.choice(
+        len(train.images), size=min(IMPORT_CALIBRATION_IMAGES, len(train.images)), replace=False
+    )
     faces = fit_to_input(train.images[np.sort(sample)], side)  # at the graph's own input size
     try:
-        diff = import_onnx(start, path, faces,
-                           flip_tta=bool(card.get("export", {}).get("flip_tta")))
+        diff = import_onnx(start, path, faces, flip_tta=bool(card.get("export", {}).get("flip_tta")))
     except ValueError as exc:
         raise WeightsUnavailable(f"--init-from {path}: {exc}") from None
-    log.info("rebuilt %s in Keras (%s normalisation, %d px in-graph; largest probability difference %.1e on %d "
-             "training faces)", path, normalise, upsampled, diff, len(sample))
+    log.info(
+        "rebuilt %s in Keras (%s normalisation, %d px in-graph; largest probability difference %.1e on %d "
+        "training faces)",
+        path,
+        normalise,
+        upsampled,
+        diff,
+        len(sample),
+    )
     return start
 
 
@@ -369,13 +426,19 @@ def start_from(classifier: keras.Model, start: keras.Model, source: str, labels:
         else:
             backbone_of(classifier).set_weights(backbone_of(start).get_weights())
     except ValueError as exc:
-        raise WeightsUnavailable(f"--init-from {source}: its architecture differs from this run's backbone and "
-                                 f"sizes ({exc})") from None
+        raise WeightsUnavailable(
+            f"--init-from {source}: its architecture differs from this run's backbone and sizes ({exc})"
+        ) from None
     if start_classes == len(labels):
         log.info("starting from the weights of %s", source)
     else:
-        log.info("starting from the backbone of %s, with a new head: it has %d classes and these data %d (%s)",
-                 source, start_classes, len(labels), ", ".join(labels))
+        log.info(
+            "starting from the backbone of %s, with a new head: it has %d classes and these data %d (%s)",
+            source,
+            start_classes,
+            len(labels),
+            ", ".join(labels),
+        )
 
 
 def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -387,9 +450,15 @@ def training_targets(config: TrainConfig, run: RunDir, train: Dataset) -> tuple[
         votes = read_votes(Path(config.labels), train.files, train.labels)
         targets = soft_targets(votes, train.targets, num_classes, config.label_weight)
         keep = votes.keep_mask()
-        log.info("%s: votes for %d of %d training images; %d left out (raters chose no class); "
-                 "targets are %.0f%% folder label", config.labels, int(votes.has_votes.sum()), len(train),
-                 int((~keep).sum()), 100 * config.label_weight)
+        log.info(
+            "%s: votes for %d of %d training images; %d left out (raters chose no class); "
+            "targets are %.0f%% folder label",
+            config.labels,
+            int(votes.has_votes.sum()),
+            len(train),
+            int((~keep).sum()),
+            100 * config.label_weight,
+        )
     else:
         targets = one_hot(train.targets, num_classes)
     if config.teacher and not config.online_teacher:
@@ -421,13 +490,23 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
     hard = y_train.argmax(axis=1)
     weights = class_weights(hard[keep], config.model.num_classes, config.class_weight)
     teacher = online_teacher(config, run, train) if config.teacher and config.online_teacher else None
-    batches = AugmentedBatches(train.images[keep], y_train[keep], weights[hard[keep]].astype(np.float32),
-                               config.batch_size, config.augment_config(), config.seed, teacher,
-                               config.teacher_weight)
+    batches = AugmentedBatches(
+        train.images[keep],
+        y_train[keep],
+        weights[hard[keep]].astype(np.float32),
+        config.batch_size,
+        config.augment_config(),
+        config.seed,
+        teacher,
+        config.teacher_weight,
+    )
     x_val, y_val = as_inputs(val), validation_targets(config, val)
     steps = len(batches)
-    log.info("class weights (%s): %s", config.class_weight,
-             ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)))
+    log.info(
+        "class weights (%s): %s",
+        config.class_weight,
+        ", ".join(f"{label} {w:.2f}" for label, w in zip(train.labels, weights)),
+    )
 
     classifier = build_classifier(config.model)
     if config.init_from and not state.checkpoint:
@@ -442,18 +521,31 @@ def fit(config: TrainConfig, run: RunDir, train: Dataset, val: Dataset, verbose:
         if state.checkpoint and compiled_stage == 0:
             # Weights always carry over; optimiser state only within the stage it belongs to.
             if state.checkpoint_stage == stage:
-                log.info("resuming from %s after epoch %d (stage %d)", state.checkpoint, state.epochs_done, stage)
+                log.info(
+                    "resuming from %s after epoch %d (stage %d)", state.checkpoint, state.epochs_done, stage
+                )
                 load_checkpoint(model, run.checkpoints, state.checkpoint)
             else:
                 model.load_weights(run.checkpoints / f"{state.checkpoint}.weights.h5")
         compiled_stage = stage
-        log.info("stage %d: epochs %d-%d, %d trainable weights", stage, state.epochs_done + 1, stage_end,
-                 len(model.trainable_weights))
+        log.info(
+            "stage %d: epochs %d-%d, %d trainable weights",
+            stage,
+            state.epochs_done + 1,
+            stage_end,
+            len(model.trainable_weights),
+        )
         checkpoint = EpochCheckpoint(run, state, stage, config.patience if stage == 2 else 0)
         while state.epochs_done < stage_end and not state.stopped_early:
             batches.start_epoch(state.epochs_done)
-            model.fit(batches, epochs=state.epochs_done + 1, initial_epoch=state.epochs_done,
-                      validation_data=(x_val, y_val), callbacks=[checkpoint], verbose=verbose)
+            model.fit(
+                batches,
+                epochs=state.epochs_done + 1,
+                initial_epoch=state.epochs_done,
+                validation_data=(x_val, y_val),
+                callbacks=[checkpoint],
+                verbose=verbose,
+            )
     state.finished = True
     run.save_state(state)
     return state

@@ -84,8 +84,16 @@ class RunConfig:
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "opencv-python-headless",
-                 "jax"):
+    for name in (
+        "tensorflow",
+        "keras",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "opencv-python-headless",
+        "jax",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -121,8 +129,10 @@ def load_splits(config: RunConfig) -> dict[str, Dataset]:
     for name, ds in splits.items():
         log.info("%s: %d images from %s %s", name, len(ds), ds.root, ds.class_counts())
     if full.skipped:
-        log.warning("%d unreadable training images were skipped (listed in the log and metrics.json)",
-                    len(full.skipped))
+        log.warning(
+            "%d unreadable training images were skipped (listed in the log and metrics.json)",
+            len(full.skipped),
+        )
     return splits
 
 
@@ -150,8 +160,10 @@ def start_run(config: RunConfig, run: RunDir, resume: bool) -> RunConfig:
     if resume and not run.config.exists():
         raise DatasetError(f"{run.root}: nothing to resume (no config.json); start without --resume")
     if run.config.exists() and not trained:
-        log.warning("%s: the earlier run stopped before its first epoch; starting again with this configuration",
-                    run.root)
+        log.warning(
+            "%s: the earlier run stopped before its first epoch; starting again with this configuration",
+            run.root,
+        )
     elif resume:
         stored = RunConfig.from_dict(json.loads(run.config.read_text()))
         if stored.data.path != config.data.path:
@@ -162,8 +174,10 @@ def start_run(config: RunConfig, run: RunDir, resume: bool) -> RunConfig:
         changed = _differences(stored.to_dict(), resolve_from_data(config).to_dict())
         log.info("resuming %s with its stored configuration", run.root)
         if changed:
-            log.warning("--resume keeps the stored settings; these options of this command are ignored: %s",
-                        "; ".join(changed))
+            log.warning(
+                "--resume keeps the stored settings; these options of this command are ignored: %s",
+                "; ".join(changed),
+            )
         return stored
     elif run.config.exists():
         raise DatasetError(
@@ -187,10 +201,15 @@ def train_run(config: RunConfig, run_root: Path, resume: bool, verbose: int = 1)
     state = fit(config.train, run, splits["train"], splits["val"], verbose=verbose)
     log.info("training done in %.0f s this session", time.monotonic() - started)
     against = "the vote-blended targets" if config.train.labels else "the folder labels"
-    log.info("best epoch %d: val accuracy %.4f as Keras measured it during training (against %s%s); the "
-             "exported model's figures below are against the folder labels%s", state.best_epoch,
-             state.best_val_accuracy, against, ", no flip TTA" if config.flip_tta else "",
-             ", with flip TTA" if config.flip_tta else "")
+    log.info(
+        "best epoch %d: val accuracy %.4f as Keras measured it during training (against %s%s); the "
+        "exported model's figures below are against the folder labels%s",
+        state.best_epoch,
+        state.best_val_accuracy,
+        against,
+        ", no flip TTA" if config.flip_tta else "",
+        ", with flip TTA" if config.flip_tta else "",
+    )
     export_run(run.root)
     return evaluate_run(run.root, splits=splits)
 
@@ -214,11 +233,15 @@ def export_run(run_root: Path, flip_tta: bool | None = None) -> dict:
     classifier = load_classifier(run.best)
     images = np.load(run.checkpoints / "parity_images.npy")[..., None].astype(np.float32)
     parity = export_onnx(classifier, run.onnx, images, flip_tta=tta)
-    write_json_atomic(run.root / "export.json", {"parity": parity, "parameters": int(classifier.count_params())})
+    write_json_atomic(
+        run.root / "export.json", {"parity": parity, "parameters": int(classifier.count_params())}
+    )
     return parity
 
 
-def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str, Dataset] | None = None) -> dict:
+def evaluate_run(
+    run_root: Path, test: DataSpec | None = None, splits: dict[str, Dataset] | None = None
+) -> dict:
     """Measure the exported ONNX model exactly as the runtime runs it; write metrics.json, plots and card."""
     run = RunDir(run_root)
     config = RunConfig.from_dict(json.loads(run.config.read_text()))
@@ -227,7 +250,9 @@ def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str,
     if splits is None or (test is not None):
         splits = load_splits(config)
     evaluated = {name: splits[name] for name in ("val", "test") if name in splits}
-    results = ev.evaluate_splits(run.onnx, evaluated, splits["train"].labels, run.plots, "Confusion matrix", roc=True)
+    results = ev.evaluate_splits(
+        run.onnx, evaluated, splits["train"].labels, run.plots, "Confusion matrix", roc=True
+    )
     state = run.load_state()
     ev.plot_history(state.history, run.plots / "training_curves.png")
     results["skipped_images"] = {n: [list(s) for s in ds.skipped] for n, ds in splits.items() if ds.skipped}
@@ -236,9 +261,15 @@ def evaluate_run(run_root: Path, test: DataSpec | None = None, splits: dict[str,
     write_json_atomic(run.card, card)
     if "crop" not in card:
         data = Path(splits["train"].root)
-        log.warning("%s has no crop: emotion-batch will frame detected faces by its default, not as these training "
-                    "images are framed; measure their framing with: python scripts/measure_framing.py --fer %s "
-                    "--split %s --card %s", run.card, data.parent, data.name, run.card)
+        log.warning(
+            "%s has no crop: emotion-batch will frame detected faces by its default, not as these training "
+            "images are framed; measure their framing with: python scripts/measure_framing.py --fer %s "
+            "--split %s --card %s",
+            run.card,
+            data.parent,
+            data.name,
+            run.card,
+        )
     elif "inherited_from" in card["crop"]:
         log.info("crop framing from %s, trained on the same images", card["crop"]["inherited_from"])
     return results
@@ -304,12 +335,18 @@ def build_card(run: RunDir, config: RunConfig, splits: dict[str, Dataset], resul
         },
     }
     if config.train.teacher:
-        card["training"]["teacher"] = {"path": config.train.teacher, "weight": config.train.teacher_weight,
-                                       "sha256": sha256_file(Path(config.train.teacher)),
-                                       "online": config.train.online_teacher}
+        card["training"]["teacher"] = {
+            "path": config.train.teacher,
+            "weight": config.train.teacher_weight,
+            "sha256": sha256_file(Path(config.train.teacher)),
+            "online": config.train.online_teacher,
+        }
     if config.train.labels:
-        card["training"]["labels"] = {"votes": config.train.labels, "label_weight": config.train.label_weight,
-                                      "sha256": sha256_file(Path(config.train.labels))}
+        card["training"]["labels"] = {
+            "votes": config.train.labels,
+            "label_weight": config.train.label_weight,
+            "sha256": sha256_file(Path(config.train.labels)),
+        }
     card["training"]["augmentation"] = config.train.augment_config().to_dict()
     if "crop" in previous:  # measured framing (scripts/measure_framing.py) survives re-export
         card["crop"] = previous["crop"]

@@ -110,7 +110,10 @@ def default_scenario() -> Scenario:
         # p3 leaves to the left at 2 s and comes back at 3.5 s.
         Actor(
             3,
-            _chain(_line(0.0, 2.0, (200, 270, 70), (-60, 270, 70)), _line(3.5, 6.0, (-60, 260, 70), (230, 260, 70))),
+            _chain(
+                _line(0.0, 2.0, (200, 270, 70), (-60, 270, 70)),
+                _line(3.5, 6.0, (-60, 260, 70), (230, 260, 70)),
+            ),
             depth=1,
         ),
     ]
@@ -261,7 +264,9 @@ class IdentityScores:
 
 
 def identity_scores(
-    observations: Sequence[tuple[int, list[tuple[str | None, Sequence[float]]], list[tuple[int, Sequence[float]]]]],
+    observations: Sequence[
+        tuple[int, list[tuple[str | None, Sequence[float]]], list[tuple[int, Sequence[float]]]]
+    ],
     min_iou: float = 0.3,
 ) -> IdentityScores:
     """Score tracked detections against truth, frame by frame.
@@ -329,4 +334,3 @@ def nearest_truth(truth: Truth, timestamp_s: float):
     """The truth frame at a sampled frame's time (the synthetic videos have exact, constant timestamps)."""
     k = min(len(truth.frames) - 1, max(0, round(timestamp_s * truth.fps)))
     return truth.frames[k]
-

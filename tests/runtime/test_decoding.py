@@ -41,7 +41,9 @@ def mp4v_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def sampled(path: Path, decoder: str, monkeypatch: pytest.MonkeyPatch, **plan) -> list[tuple[int, float, bytes]]:
+def sampled(
+    path: Path, decoder: str, monkeypatch: pytest.MonkeyPatch, **plan
+) -> list[tuple[int, float, bytes]]:
     monkeypatch.setenv(DECODER_ENV, decoder)
     sampler = FrameSampler(path, "video", SamplingPlan(**plan), prefetch=0)
     frames = [(f.index, f.timestamp_s, f.image.tobytes()) for f in sampler]
@@ -49,14 +51,18 @@ def sampled(path: Path, decoder: str, monkeypatch: pytest.MonkeyPatch, **plan) -
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=str)
-def test_readers_agree_on_bframe_video(bframe_video: Path, plan: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readers_agree_on_bframe_video(
+    bframe_video: Path, plan: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference = sampled(bframe_video, "opencv", monkeypatch, **plan)
     assert reference, "the reference reader found no frames"
     assert sampled(bframe_video, "auto", monkeypatch, **plan) == reference
 
 
 @pytest.mark.parametrize("plan", PLANS[:3], ids=str)
-def test_sampled_frames_are_the_right_ones(bframe_video: Path, plan: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sampled_frames_are_the_right_ones(
+    bframe_video: Path, plan: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(DECODER_ENV, "auto")
     for frame in FrameSampler(bframe_video, "video", SamplingPlan(**plan), prefetch=0):
         assert read_frame_index(frame.image) == frame.index

@@ -116,15 +116,27 @@ def _iou(a: Detection, box: tuple[int, int, int, int]) -> float:
 #: YuNet's duplicate boxes on a head do (intersection over the smaller box 0.34 and 0.31, IoU 0.16 and 0.14), which
 #: is why no overlap rule beyond NMS drops duplicates.
 OVERLAPPING_PEOPLE = [
-    ("facerec_short_hamilton_clip.mp4", 240, (25, 24, 52, 73), (48, 53, 67, 83)),  # a face behind a laughing man
+    (
+        "facerec_short_hamilton_clip.mp4",
+        240,
+        (25, 24, 52, 73),
+        (48, 53, 67, 83),
+    ),  # a face behind a laughing man
     ("facerec_short_hamilton_clip.mp4", 225, (26, 23, 51, 73), (45, 60, 65, 83)),
     ("petercunha_dinner.mp4", 200, (103, 271, 56, 89), (132, 231, 62, 81)),  # heads together, IoS 0.22
-    ("facerec_short_hamilton_clip.mp4", 240, (321, 39, 69, 106), (387, 81, 65, 104)),  # side by side, IoS 0.02
+    (
+        "facerec_short_hamilton_clip.mp4",
+        240,
+        (321, 39, 69, 106),
+        (387, 81, 65, 104),
+    ),  # side by side, IoS 0.02
 ]
 
 
 @pytest.mark.parametrize(("video", "index", "first", "second"), OVERLAPPING_PEOPLE)
-def test_overlapping_real_faces_are_both_kept(yunet_path: Path, video: str, index: int, first, second) -> None:
+def test_overlapping_real_faces_are_both_kept(
+    yunet_path: Path, video: str, index: int, first, second
+) -> None:
     """Detected as the command detects video frames (512 px): both people are found, neither box is dropped."""
     detector = create_detector(resolve_detector("yunet", yunet_path))
     frames = FrameSampler(shared_path("media", "videos", video), "video", SamplingPlan(fps=2.0), prefetch=0)

@@ -50,7 +50,12 @@ def test_long_and_colliding_names_get_their_own_charts(tmp_path: Path, moving_fa
     assert result.returncode == 0, result.stderr
     _no_traceback(result)
     summary = summary_of(out)
-    sources = [japanese.relative_to(root).as_posix(), deep.relative_to(root).as_posix(), "clip 1.mp4", "clip_1.mp4"]
+    sources = [
+        japanese.relative_to(root).as_posix(),
+        deep.relative_to(root).as_posix(),
+        "clip 1.mp4",
+        "clip_1.mp4",
+    ]
     assert (summary.loc[sources, "status"] == "ok").all()
     assert set(_rows(out)["source"]) == set(sources)
     charts = out.with_name("r_charts")

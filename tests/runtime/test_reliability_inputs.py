@@ -227,7 +227,12 @@ def test_full_disk_leaves_the_previous_results_intact(
     assert (out.read_bytes(), out.with_name("r_summary.csv").read_bytes()) == before
     # Nothing half-written is left beside the outputs of the first run (no temporary files).
     assert sorted(p.name for p in out.parent.iterdir()) == [
-        "r.csv", "r.csv.state", "r_report.html", "r_summary.csv", "r_timeline.csv", "r_tracks.csv"
+        "r.csv",
+        "r.csv.state",
+        "r_report.html",
+        "r_summary.csv",
+        "r_timeline.csv",
+        "r_tracks.csv",
     ]
 
     after = run(*args, env=cli_env)  # space is back: finish without analysing v3 again

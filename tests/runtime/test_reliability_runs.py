@@ -101,7 +101,8 @@ def test_missing_charts_are_redrawn_without_analysing_again(
     charts = tmp_path / "r_charts"
     expected = sorted(p.name for p in charts.iterdir())
     assert [name for name in expected if not name.endswith(".jpg")] == [  # .jpg: the track thumbnails
-        "clips__moving_face.mp4.timeline.png", "overview.png"
+        "clips__moving_face.mp4.timeline.png",
+        "overview.png",
     ]
     shutil.rmtree(charts)
     assert run(folder, "--out", out, *model_args, env=cli_env).returncode == 0
@@ -132,7 +133,9 @@ def test_changed_settings_are_refused_with_the_difference_then_force_redoes_ever
     reference = fresh_run(folder, tmp_path, cli_env, "--fps", "4", "--min-face", "30", *model_args)
     assert out.read_bytes() == reference.read_bytes()
 
-    assert run(folder, "--out", out, "--fps", "4", "--min-face", "30", *model_args, env=cli_env).returncode == 0
+    assert (
+        run(folder, "--out", out, "--fps", "4", "--min-face", "30", *model_args, env=cli_env).returncode == 0
+    )
     assert last_plan(out) == plan(0, kept=3, skipped=1)
 
 

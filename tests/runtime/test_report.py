@@ -72,7 +72,10 @@ def test_tables_agree_with_the_summary(real_run) -> None:
         faces = rows[(rows["source"] == f["source"]) & (rows["n_faces"] > 0)]
         assert len(faces) == f["faces"]  # every face, those seen in one sample (no track id) too
         assert (tracks["source"] == f["source"]).sum() == f["tracks"] == faces["track_id"].nunique()
-        assert timeline.loc[timeline["source"] == f["source"], "samples"].sum() == faces["track_id"].notna().sum()
+        assert (
+            timeline.loc[timeline["source"] == f["source"], "samples"].sum()
+            == faces["track_id"].notna().sum()
+        )
         # One rule for "dominant": the summary's dominant_emotion is dominant_emotion() of its means.
         assert dominant_emotion(f.to_dict()) == f["dominant_emotion"]
     for table in (tracks, timeline):
@@ -174,7 +177,9 @@ def test_sections_are_capped_for_big_runs(real_run) -> None:
 def test_the_files_table_lists_every_error_and_counts_what_it_leaves_out(real_run) -> None:
     _, summary, _, metadata, _ = real_run
     ok = summary[summary["status"] == "ok"]
-    many = pd.concat([summary, *(ok.assign(source=ok["source"] + f".copy{i}") for i in range(3))], ignore_index=True)
+    many = pd.concat(
+        [summary, *(ok.assign(source=ok["source"] + f".copy{i}") for i in range(3))], ignore_index=True
+    )
     text = rp.render_report(summary=many, metadata=metadata, max_table_files=len(ok))
     files = text.split('<section id="files">', 1)[1].split("</section>", 1)[0]
     assert f"{3 * len(ok):,} more analysed files are not listed here" in files

@@ -68,8 +68,16 @@ def test_dropping_the_landmark_outputs_keeps_the_others_exact(yunet_path: Path) 
 
 @pytest.mark.parametrize(
     ("width", "height", "expected"),
-    [(300, 200, (300, 200)), (512, 288, (512, 288)), (700, 394, (512, 288)), (1024, 576, (512, 288)),
-     (1537, 865, (512, 288)), (1920, 1080, (512, 288)), (3840, 2160, (512, 288)), (2049, 3001, (512, 750))],
+    [
+        (300, 200, (300, 200)),
+        (512, 288, (512, 288)),
+        (700, 394, (512, 288)),
+        (1024, 576, (512, 288)),
+        (1537, 865, (512, 288)),
+        (1920, 1080, (512, 288)),
+        (3840, 2160, (512, 288)),
+        (2049, 3001, (512, 750)),
+    ],
 )
 def test_working_copy_size_and_factor_back(width: int, height: int, expected: tuple[int, int]) -> None:
     """Halving (with an odd last row or column left out) and then bilinear: the copy is the working width and

@@ -112,4 +112,6 @@ def test_facenet_crowd_keeps_people(detector) -> None:
     assert len(set(all_ids)) <= 12, scores.line()
     final = confirmed_ids(all_ids)
     assert len({i for i in final.values() if i is not None}) <= 10, final
-    assert sorted(i for i in final.values() if i is not None) == list(range(len(set(final.values()) - {None})))
+    assert sorted(i for i in final.values() if i is not None) == list(
+        range(len(set(final.values()) - {None}))
+    )

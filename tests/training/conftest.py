@@ -53,10 +53,35 @@ def train_command(data: Path, out: Path, *extra: str, backbone: str = "cnn3") ->
     cover the MobileNets.
     """
     return [
-        sys.executable, "-m", "emotion_train.cli", str(data), "--out", str(out),
-        "--backbone", backbone, "--alpha", "0.5", "--input-size", "48", "--weights", "none",
-        "--batch-size", "16", "--lr", "3e-3", "--bn-momentum", "0.9", "--augment", "0", "--label-smoothing", "0",
-        "--dropout", "0.1", "--seed", "1", *extra,
+        sys.executable,
+        "-m",
+        "emotion_train.cli",
+        str(data),
+        "--out",
+        str(out),
+        "--backbone",
+        backbone,
+        "--alpha",
+        "0.5",
+        "--input-size",
+        "48",
+        "--weights",
+        "none",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--bn-momentum",
+        "0.9",
+        "--augment",
+        "0",
+        "--label-smoothing",
+        "0",
+        "--dropout",
+        "0.1",
+        "--seed",
+        "1",
+        *extra,
     ]
 
 
@@ -96,9 +121,20 @@ def trained_run(datasets, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     result = subprocess.run(
-        train_command(datasets["train"], out, "--test", str(datasets["test"]), "--epochs", "8",
-                      backbone="mobilenetv3small"),
-        check=False, capture_output=True, text=True, env=env, timeout=900,
+        train_command(
+            datasets["train"],
+            out,
+            "--test",
+            str(datasets["test"]),
+            "--epochs",
+            "8",
+            backbone="mobilenetv3small",
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -109,8 +145,14 @@ def cnn3_run(datasets, tmp_path_factory) -> Path:
     """A real 3-epoch `cnn3` run with a validation folder: a quick start for --init-from and soups."""
     out = tmp_path_factory.mktemp("cnn3") / "run"
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
-    result = subprocess.run(train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "3"),
-                            check=False, capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(
+        train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "3"),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
 

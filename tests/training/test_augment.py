@@ -13,8 +13,9 @@ from emotion_train.augment import AugmentConfig, affine_matrix, augment_batch, a
 
 from .conftest import pattern_image, run_env, train_command
 
-NOTHING = AugmentConfig(flip=0.0, affine=0.0, low_resolution=0.0, jpeg=0.0, noise=0.0, gamma=0.0,
-                        brightness=0.0, blur=0.0)
+NOTHING = AugmentConfig(
+    flip=0.0, affine=0.0, low_resolution=0.0, jpeg=0.0, noise=0.0, gamma=0.0, brightness=0.0, blur=0.0
+)
 
 
 @pytest.fixture
@@ -70,7 +71,9 @@ def test_some_faces_stay_untouched_by_the_warp(face):
     assert 0.13 < untouched < 0.27
 
 
-@pytest.mark.parametrize("step", ["low_resolution", "jpeg", "noise", "gamma", "brightness", "blur", "erasing"])
+@pytest.mark.parametrize(
+    "step", ["low_resolution", "jpeg", "noise", "gamma", "brightness", "blur", "erasing"]
+)
 def test_each_degradation_changes_the_face_and_keeps_its_shape(face, step):
     cfg = AugmentConfig(**{**NOTHING.to_dict(), step: 1.0})
     out = augment_image(face, np.random.default_rng(1), cfg)

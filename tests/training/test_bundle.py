@@ -40,8 +40,9 @@ def test_a_run_replaces_the_bundled_model_card_and_plots(tmp_path: Path) -> None
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.onnx").write_bytes(b"the old model")
-    (models / "model.json").write_text(json.dumps({"crop": {"scale": 0.95, "offset_x": 0.0, "offset_y": 0.02},
-                                                   "smoothing": {"sigma": 0.7}}))
+    (models / "model.json").write_text(
+        json.dumps({"crop": {"scale": 0.95, "offset_x": 0.0, "offset_y": 0.02}, "smoothing": {"sigma": 0.7}})
+    )
     (models / "training_curves_2.png").write_bytes(b"a plot of the old model's second member")
     (models / "confusion_val.png").write_bytes(b"old plot")
 
@@ -66,10 +67,12 @@ def test_a_run_replaces_the_bundled_model_card_and_plots(tmp_path: Path) -> None
     assert set(card["generalisation"]) == {"PublicTest", "PrivateTest"}
     public = card["generalisation"]["PublicTest"]
     assert public["ferplus"]["majority_accuracy"] == 0.77 and "confusion_matrix" not in public
-    assert public["robustness"] == {"mean_accuracy": 0.65,
-                                    "conditions": {"jpeg_q25": 0.66, "in_frame_60px": 0.64},
-                                    "detection_rate": {"in_frame_60px": 0.76},
-                                    "lighting": {"dim_x0.25": 0.61}}
+    assert public["robustness"] == {
+        "mean_accuracy": 0.65,
+        "conditions": {"jpeg_q25": 0.66, "in_frame_60px": 0.64},
+        "detection_rate": {"in_frame_60px": 0.76},
+        "lighting": {"dim_x0.25": 0.61},
+    }
     loaded = load_model_card(models / "model.onnx")
     assert loaded.crop_from_card and loaded.crop.scale == 0.95
     assert Classifier(loaded).predict(np.zeros((2, 48, 48, 1), np.float32)).shape == (2, 7)
@@ -91,8 +94,9 @@ def _fine_tuned_run(folder: Path, init_from: Path | None, best_epoch: int) -> Pa
     command = ["emotion-train", "data", "--out", str(folder)]
     if init_from:
         command += ["--init-from", str(init_from / "checkpoints" / "best.keras")]
-    (folder / "config.json").write_text(json.dumps({"train": {"init_from": command[-1] if init_from else None},
-                                                    "command": command}))
+    (folder / "config.json").write_text(
+        json.dumps({"train": {"init_from": command[-1] if init_from else None}, "command": command})
+    )
     card = json.loads((folder / "model.json").read_text())
     card["training"] = {"command": command, "best_epoch": best_epoch, "epochs_run": 10}
     (folder / "model.json").write_text(json.dumps(card))
@@ -106,14 +110,18 @@ def test_a_fine_tuned_run_carries_the_commands_of_the_runs_it_started_from(tmp_p
     third = _fine_tuned_run(tmp_path / "third", second, 3)
     chain = bundle_model.lineage(third)
     assert [link["run"] for link in chain] == [str(second), str(first)]
-    assert chain[0]["command"][-1] == str(first / "checkpoints" / "best.keras") and chain[1]["best_epoch"] == 7
+    assert (
+        chain[0]["command"][-1] == str(first / "checkpoints" / "best.keras") and chain[1]["best_epoch"] == 7
+    )
 
     (first / "config.json").unlink()  # an ancestor that is gone is named, not guessed
     assert bundle_model.lineage(third)[-1] == {"run": str(first), "missing": True}
     models = tmp_path / "models"
     card = bundle_model.bundle(third, models)
     assert [link["run"] for link in card["training"]["lineage"]] == [str(second), str(first)]
-    assert json.loads((models / "model.json").read_text())["training"]["lineage"] == card["training"]["lineage"]
+    assert (
+        json.loads((models / "model.json").read_text())["training"]["lineage"] == card["training"]["lineage"]
+    )
 
 
 def test_a_soup_carries_each_ingredients_chain_and_curves(tmp_path: Path) -> None:

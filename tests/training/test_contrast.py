@@ -27,8 +27,17 @@ def per_image_classifier():
     import keras
 
     keras.utils.set_random_seed(0)
-    return build_classifier(ModelConfig(backbone="cnn3", alpha=0.5, image_size=SIZE, input_size=48, num_classes=3,
-                                        weights="none", normalise="per-image"))
+    return build_classifier(
+        ModelConfig(
+            backbone="cnn3",
+            alpha=0.5,
+            image_size=SIZE,
+            input_size=48,
+            num_classes=3,
+            weights="none",
+            normalise="per-image",
+        )
+    )
 
 
 def test_the_layer_is_the_formula_and_keeps_flat_patches_finite(faces):
@@ -53,12 +62,15 @@ def test_a_dimmed_or_faded_face_gives_the_same_probabilities_keras_and_onnx(tmp_
     parity = export.export_onnx(classifier, path, faces, flip_tta=False)
     assert parity["max_abs_diff"] <= 1e-4
     changed = faces * gain + offset  # as a float, so only the lighting differs, not the rounding
-    np.testing.assert_allclose(classifier.predict(changed, verbose=0), classifier.predict(faces, verbose=0),
-                               atol=1e-5)
-    np.testing.assert_allclose(export.onnx_probabilities(path, changed), export.onnx_probabilities(path, faces),
-                               atol=1e-5)
-    fixed = build_classifier(ModelConfig(backbone="cnn3", alpha=0.5, image_size=SIZE, input_size=48,
-                                         num_classes=3, weights="none"))
+    np.testing.assert_allclose(
+        classifier.predict(changed, verbose=0), classifier.predict(faces, verbose=0), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        export.onnx_probabilities(path, changed), export.onnx_probabilities(path, faces), atol=1e-5
+    )
+    fixed = build_classifier(
+        ModelConfig(backbone="cnn3", alpha=0.5, image_size=SIZE, input_size=48, num_classes=3, weights="none")
+    )
     assert not np.allclose(fixed.predict(changed, verbose=0), fixed.predict(faces, verbose=0), atol=1e-3)
 
 
@@ -67,7 +79,9 @@ def test_a_saved_per_image_classifier_loads_back(tmp_path, faces):
     classifier.save(tmp_path / "best.keras")
     reloaded = load_classifier(tmp_path / "best.keras")
     assert isinstance(reloaded.get_layer("normalise"), PerImageContrast)
-    np.testing.assert_allclose(reloaded.predict(faces, verbose=0), classifier.predict(faces, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(faces, verbose=0), classifier.predict(faces, verbose=0), atol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -79,9 +93,21 @@ def test_a_per_image_run_trains_exports_records_it_and_re_exports(datasets, tmp_
     out = tmp_path / "run"
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     result = subprocess.run(
-        train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "3",
-                      "--normalise", "per-image"),
-        check=False, capture_output=True, text=True, env=env, timeout=900,
+        train_command(
+            datasets["train"],
+            out,
+            "--val",
+            str(datasets["test"]),
+            "--epochs",
+            "3",
+            "--normalise",
+            "per-image",
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     card = json.loads((out / "model.json").read_text())
@@ -90,12 +116,21 @@ def test_a_per_image_run_trains_exports_records_it_and_re_exports(datasets, tmp_
     assert card["metrics"]["val"]["accuracy"] > 0.6  # it learned the patterns
 
     test = load_folder(datasets["test"], SIZE).images[..., None].astype(np.float32)
-    np.testing.assert_allclose(export.onnx_probabilities(out / "model.onnx", test * 0.3 + 20),
-                               export.onnx_probabilities(out / "model.onnx", test), atol=1e-5)
+    np.testing.assert_allclose(
+        export.onnx_probabilities(out / "model.onnx", test * 0.3 + 20),
+        export.onnx_probabilities(out / "model.onnx", test),
+        atol=1e-5,
+    )
 
     (out / "model.onnx").unlink()
-    again = subprocess.run([sys.executable, "-m", "emotion_train.cli", "export", str(out)],
-                           check=False, capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "emotion_train.cli", "export", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "model.onnx").is_file() and "parity: max |onnx - keras|" in again.stdout
 
@@ -105,7 +140,8 @@ def test_an_unknown_normalisation_is_a_usage_error(tmp_path):
 
     from emotion_train.cli import main
 
-    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"),
-                                       "--normalise", "histogram"])
+    result = CliRunner().invoke(
+        main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--normalise", "histogram"]
+    )
     assert result.exit_code == 2 and "--normalise" in result.output
     assert not (tmp_path / "run").exists()

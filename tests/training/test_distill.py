@@ -37,9 +37,22 @@ def train_student(datasets, teacher, out, *options: str) -> str:
     """A real 2-epoch run distilled from ``teacher``; returns its log (stderr)."""
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     result = subprocess.run(
-        train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
-                      "--teacher", str(teacher), *options),
-        check=False, capture_output=True, text=True, env=env, timeout=900,
+        train_command(
+            datasets["train"],
+            out,
+            "--val",
+            str(datasets["test"]),
+            "--epochs",
+            "2",
+            "--teacher",
+            str(teacher),
+            *options,
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stderr
@@ -54,14 +67,20 @@ def test_distilled_run_trains_on_cached_teacher_targets(datasets, trained_run, t
         probs, sha = saved["probs"], str(saved["teacher_sha256"])
     train = load_folder(datasets["train"], SIZE)
     assert probs.shape == (len(train), len(CLASSES))
-    np.testing.assert_allclose(probs, run_teacher(teacher, train.images, train.labels), atol=1e-6)  # row-aligned
+    np.testing.assert_allclose(
+        probs, run_teacher(teacher, train.images, train.labels), atol=1e-6
+    )  # row-aligned
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.mean(probs.argmax(axis=1) == train.targets) > 0.75  # the teacher has learnt the patterns
     assert sha == sha256_file(teacher)
 
     card = json.loads((out / "model.json").read_text())
-    assert card["training"]["teacher"] == {"path": str(teacher.resolve()), "weight": 0.7, "sha256": sha,
-                                           "online": False}
+    assert card["training"]["teacher"] == {
+        "path": str(teacher.resolve()),
+        "weight": 0.7,
+        "sha256": sha,
+        "online": False,
+    }
     assert card["training"]["config"]["teacher_weight"] == 0.7
 
 
@@ -83,8 +102,9 @@ def test_online_teacher_targets_are_its_answers_on_the_augmented_batch(trained_r
     labels = one_hot(test_images.targets, len(CLASSES))
     weights = np.ones(len(labels), np.float32)
     augment = AugmentConfig.from_dict({"strength": 1.0})
-    batches = AugmentedBatches(test_images.images, labels, weights, 16, augment, seed=3, teacher=teacher,
-                               teacher_weight=0.6)
+    batches = AugmentedBatches(
+        test_images.images, labels, weights, 16, augment, seed=3, teacher=teacher, teacher_weight=0.6
+    )
     batches.start_epoch(0)
     images, targets, _ = batches[0]
     rows = batches.order[:16]
@@ -94,7 +114,9 @@ def test_online_teacher_targets_are_its_answers_on_the_augmented_batch(trained_r
     clean = blend_targets(labels[rows], teacher(test_images.images[rows]), 0.6)
     assert np.abs(targets - clean).max() > 1e-3  # the teacher saw the moved faces, not the clean ones
     _, again, _ = batches[0]
-    np.testing.assert_array_equal(targets, again)  # same (seed, epoch, batch): same targets, so resume is exact
+    np.testing.assert_array_equal(
+        targets, again
+    )  # same (seed, epoch, batch): same targets, so resume is exact
 
 
 def test_online_teacher_is_pinned_for_resume(trained_run, tmp_path):
@@ -132,8 +154,12 @@ def test_teacher_without_card_must_match_the_class_count(trained_run, test_image
 def test_changed_teacher_is_refused_on_resume(trained_run, test_images, tmp_path):
     teacher = trained_run / "model.onnx"
     cache = tmp_path / CACHE_NAME
-    first = cached_teacher_probabilities(teacher, "a" * 64, test_images.images, "data", test_images.labels, cache)
-    again = cached_teacher_probabilities(teacher, "a" * 64, test_images.images, "data", test_images.labels, cache)
+    first = cached_teacher_probabilities(
+        teacher, "a" * 64, test_images.images, "data", test_images.labels, cache
+    )
+    again = cached_teacher_probabilities(
+        teacher, "a" * 64, test_images.images, "data", test_images.labels, cache
+    )
     np.testing.assert_array_equal(first, again)
     with pytest.raises(DatasetError, match="the teacher file changed since this run started"):
         cached_teacher_probabilities(teacher, "b" * 64, test_images.images, "data", test_images.labels, cache)

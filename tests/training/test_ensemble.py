@@ -28,14 +28,24 @@ from .conftest import run_env
 # its own business, so those sections are dropped.
 BUNDLED_CARD = {
     key: value
-    for key, value in json.loads((Path(__file__).resolve().parents[2] / "models" / "model.json").read_text()).items()
+    for key, value in json.loads(
+        (Path(__file__).resolve().parents[2] / "models" / "model.json").read_text()
+    ).items()
     if key not in ("members", "quantization")
 }
 LABELS = list(EMOTIONS)
 
 
-def make_member(run_dir: Path, seed: int, labels: list[str] = LABELS, size: int = 48, card_size: int | None = None,
-                classes: int | None = None, batch: str | int = "N", **card_changes) -> Path:
+def make_member(
+    run_dir: Path,
+    seed: int,
+    labels: list[str] = LABELS,
+    size: int = 48,
+    card_size: int | None = None,
+    classes: int | None = None,
+    batch: str | int = "N",
+    **card_changes,
+) -> Path:
     """A run folder with a real softmax classifier on [N, size, size, 1] and a card adapted from the bundled one.
 
     Every member uses the same node and initializer names, so combining them must rename to avoid collisions.
@@ -83,7 +93,9 @@ def make_faces(root: Path, per_class: int = 3, seed: int = 0) -> Path:
         (root / label).mkdir(parents=True)
         for split in ("PublicTest", "PrivateTest"):
             for i in range(per_class):
-                cv2.imwrite(str(root / label / f"{split}_{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+                cv2.imwrite(
+                    str(root / label / f"{split}_{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8)
+                )
     return root
 
 
@@ -141,9 +153,25 @@ def cli_run(tmp_path_factory) -> dict:
     data = make_faces(base / "faces")
     out = base / "ens"
     command = [
-        sys.executable, "-m", "emotion_train.cli", "ensemble", *map(str, runs), "--out", str(out),
-        "--weight", "1", "--weight", "2", "--val", str(data), "--val-pattern", "PublicTest_*",
-        "--test", str(data), "--test-pattern", "PrivateTest_*",
+        sys.executable,
+        "-m",
+        "emotion_train.cli",
+        "ensemble",
+        *map(str, runs),
+        "--out",
+        str(out),
+        "--weight",
+        "1",
+        "--weight",
+        "2",
+        "--val",
+        str(data),
+        "--val-pattern",
+        "PublicTest_*",
+        "--test",
+        str(data),
+        "--test-pattern",
+        "PrivateTest_*",
     ]
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(base / "cache"))
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
@@ -153,7 +181,13 @@ def cli_run(tmp_path_factory) -> dict:
 
 def test_cli_writes_model_card_metrics_and_plots(cli_run):
     out, runs = cli_run["out"], cli_run["runs"]
-    for name in ("model.onnx", "model.json", "metrics.json", "plots/confusion_val.png", "plots/confusion_test.png"):
+    for name in (
+        "model.onnx",
+        "model.json",
+        "metrics.json",
+        "plots/confusion_val.png",
+        "plots/confusion_test.png",
+    ):
         assert (out / name).is_file(), name
     assert "parity: max |ensemble - weighted mean|" in cli_run["stdout"]
     assert "val: accuracy" in cli_run["stdout"] and "test: accuracy" in cli_run["stdout"]
@@ -204,13 +238,19 @@ def test_cli_without_data_checks_on_noise(tmp_path):
     """Also: a fresh run without a measured crop joins one that has it, and one whose crop frames faces the same
     way but notes where it came from (a run that inherited the crop of its start); the ensemble keeps that crop."""
     inherited = {**BUNDLED_CARD["crop"], "inherited_from": "runs/start/model.json"}
-    runs = [make_member(tmp_path / "run0", seed=0, crop=None), make_member(tmp_path / "run1", seed=1),
-            make_member(tmp_path / "run2", seed=2, crop=inherited)]
+    runs = [
+        make_member(tmp_path / "run0", seed=0, crop=None),
+        make_member(tmp_path / "run1", seed=1),
+        make_member(tmp_path / "run2", seed=2, crop=inherited),
+    ]
     result = CliRunner().invoke(main, ["ensemble", *map(str, runs), "--out", str(tmp_path / "ens")])
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "ens" / "model.json").read_text())
     assert card["export"]["check_images"] == "uniform noise, seed 0" and card["metrics"] == {}
-    assert card["crop"] == BUNDLED_CARD["crop"] and load_model_card(tmp_path / "ens" / "model.onnx").crop_from_card
+    assert (
+        card["crop"] == BUNDLED_CARD["crop"]
+        and load_model_card(tmp_path / "ens" / "model.onnx").crop_from_card
+    )
     assert json.loads((tmp_path / "ens" / "metrics.json").read_text())["reported_on"] is None
 
 
@@ -218,15 +258,18 @@ SWAPPED = [LABELS[1], LABELS[0], *LABELS[2:]]
 OTHER_CROP = {"scale": 1.2, "offset_x": 0.0, "offset_y": 0.0}
 
 
-@pytest.mark.parametrize("kind, member, words", [
-    ("label order", {"labels": SWAPPED}, ["labels"]),
-    ("label names", {"labels": [*LABELS[:-1], "contempt"]}, ["labels", "contempt"]),
-    ("input size", {"size": 40}, ["input spec"]),
-    ("graph vs card", {"size": 40, "card_size": 48}, ["does not match its card"]),
-    ("output size", {"classes": 6}, ["6 classes", "7 labels"]),
-    ("fixed batch", {"batch": 1}, ["input shape"]),
-    ("crop", {"crop": OTHER_CROP}, ["crop"]),
-])
+@pytest.mark.parametrize(
+    "kind, member, words",
+    [
+        ("label order", {"labels": SWAPPED}, ["labels"]),
+        ("label names", {"labels": [*LABELS[:-1], "contempt"]}, ["labels", "contempt"]),
+        ("input size", {"size": 40}, ["input spec"]),
+        ("graph vs card", {"size": 40, "card_size": 48}, ["does not match its card"]),
+        ("output size", {"classes": 6}, ["6 classes", "7 labels"]),
+        ("fixed batch", {"batch": 1}, ["input shape"]),
+        ("crop", {"crop": OTHER_CROP}, ["crop"]),
+    ],
+)
 def test_mismatched_members_are_refused(tmp_path, kind, member, words):
     good = make_member(tmp_path / "good", seed=0)
     bad = make_member(tmp_path / "bad", seed=1, **member)
@@ -246,12 +289,15 @@ def test_member_without_a_card_is_refused(tmp_path):
     assert str(bad) in result.output and "no model.json" in result.output
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--weight", "1"], ["--weight", "1 values for 2 runs"]),
-    (["--weight", "1", "--weight", "2", "--weight", "3"], ["--weight", "3 values for 2 runs"]),
-    (["--weight", "1", "--weight", "0"], ["--weight"]),
-    (["--weight", "abc", "--weight", "1"], ["--weight"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--weight", "1"], ["--weight", "1 values for 2 runs"]),
+        (["--weight", "1", "--weight", "2", "--weight", "3"], ["--weight", "3 values for 2 runs"]),
+        (["--weight", "1", "--weight", "0"], ["--weight"]),
+        (["--weight", "abc", "--weight", "1"], ["--weight"]),
+    ],
+)
 def test_bad_weights_are_usage_errors(tmp_path, args, words):
     runs = [str(make_member(tmp_path / f"run{i}", seed=i)) for i in range(2)]
     result = CliRunner().invoke(main, ["ensemble", *runs, "--out", str(tmp_path / "ens"), *args])
@@ -261,11 +307,14 @@ def test_bad_weights_are_usage_errors(tmp_path, args, words):
     assert not (tmp_path / "ens").exists()
 
 
-@pytest.mark.parametrize("case, words", [
-    ("one run", ["at least two runs"]),
-    ("missing run", ["does not exist"]),
-    ("out is a training run", ["holds a training run"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("one run", ["at least two runs"]),
+        ("missing run", ["does not exist"]),
+        ("out is a training run", ["holds a training run"]),
+    ],
+)
 def test_other_usage_errors(tmp_path, case, words):
     runs = [str(make_member(tmp_path / f"run{i}", seed=i)) for i in range(2)]
     out = tmp_path / "ens"
@@ -286,7 +335,10 @@ def test_other_usage_errors(tmp_path, case, words):
     [
         ([{}, {}], None),  # cards from before --normalise: the contract is kept as it is
         ([{"normalise": "per-image"}, {"normalise": "per-image"}], "per-image"),
-        ([{}, {"normalise": "per-image"}], "fixed / per-image"),  # each member's graph normalises its own input
+        (
+            [{}, {"normalise": "per-image"}],
+            "fixed / per-image",
+        ),  # each member's graph normalises its own input
     ],
 )
 def test_the_card_names_the_members_normalisations(members, normalise):

@@ -21,15 +21,28 @@ def real_images(tmp_path_factory) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "backbone, flip_tta",
-    [("mobilenetv3small", False), ("mobilenetv3small", True), ("mobilenetv2", False), ("mobilenet", True),
-     ("cnn3", False)],
+    [
+        ("mobilenetv3small", False),
+        ("mobilenetv3small", True),
+        ("mobilenetv2", False),
+        ("mobilenet", True),
+        ("cnn3", False),
+    ],
 )
 def test_export_matches_keras(tmp_path, real_images, backbone, flip_tta):
     import keras
 
     keras.utils.set_random_seed(0)
-    classifier = build_classifier(ModelConfig(backbone=backbone, alpha=0.35 if backbone != "mobilenet" else 0.25,
-                                              image_size=40, input_size=48, num_classes=3, weights="none"))
+    classifier = build_classifier(
+        ModelConfig(
+            backbone=backbone,
+            alpha=0.35 if backbone != "mobilenet" else 0.25,
+            image_size=40,
+            input_size=48,
+            num_classes=3,
+            weights="none",
+        )
+    )
     path = tmp_path / "m.onnx"
     parity = export.export_onnx(classifier, path, real_images, flip_tta=flip_tta)
     assert parity["max_abs_diff"] <= 1e-4 and parity["flip_tta"] is flip_tta
@@ -41,8 +54,16 @@ def test_export_matches_keras(tmp_path, real_images, backbone, flip_tta):
 
 
 def test_export_fails_loudly_when_numbers_differ(tmp_path, real_images, monkeypatch):
-    classifier = build_classifier(ModelConfig(backbone="mobilenetv3small", alpha=0.35, image_size=40,
-                                              input_size=48, num_classes=3, weights="none"))
+    classifier = build_classifier(
+        ModelConfig(
+            backbone="mobilenetv3small",
+            alpha=0.35,
+            image_size=40,
+            input_size=48,
+            num_classes=3,
+            weights="none",
+        )
+    )
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # nothing can pass: the check must refuse
     with pytest.raises(export.ExportError, match="does not match"):
         export.export_onnx(classifier, tmp_path / "m.onnx", real_images)

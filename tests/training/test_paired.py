@@ -27,17 +27,22 @@ def test_outcomes_mark_each_face_of_the_split():
     assert outcomes(np.zeros((0, 3)), targets, np.array([], int), 4) == "----"
 
 
-def _strings(rng: np.random.Generator, n: int, p_a: float, p_b: float, shared: float = 0.8) -> tuple[str, str]:
+def _strings(
+    rng: np.random.Generator, n: int, p_a: float, p_b: float, shared: float = 0.8
+) -> tuple[str, str]:
     """Two models' outcomes that agree on most faces, as two related models do."""
     a = rng.random(n) < p_a
     b = np.where(rng.random(n) < shared, a, rng.random(n) < p_b)
     return "".join("1" if x else "0" for x in a), "".join("1" if x else "0" for x in b)
 
 
-@pytest.mark.parametrize(("p_b", "clear"), [
-    (0.70, False),  # the same model twice, in effect: the interval holds zero
-    (0.95, True),  # far better on most faces: the interval leaves zero out
-])
+@pytest.mark.parametrize(
+    ("p_b", "clear"),
+    [
+        (0.70, False),  # the same model twice, in effect: the interval holds zero
+        (0.95, True),  # far better on most faces: the interval leaves zero out
+    ],
+)
 def test_interval_says_whether_a_difference_is_beyond_chance(p_b, clear):
     a, b = _strings(np.random.default_rng(1), 2000, 0.7, p_b)
     (row,) = paired_differences({"clean": a}, {"clean": b})
@@ -61,10 +66,13 @@ def test_faces_scored_by_only_one_model_are_left_out_and_the_mean_averages_condi
     assert rows["mean"].a == pytest.approx(0.5) and rows["mean"].images == 4
 
 
-@pytest.mark.parametrize(("a", "b", "words"), [
-    ({"x": "101"}, {"x": "1010"}, "different numbers of faces"),
-    ({"x": "10a"}, {"x": "101"}, "only '1', '0' and '-'"),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "words"),
+    [
+        ({"x": "101"}, {"x": "1010"}, "different numbers of faces"),
+        ({"x": "10a"}, {"x": "101"}, "only '1', '0' and '-'"),
+    ],
+)
 def test_results_that_do_not_line_up_are_refused(a, b, words):
     with pytest.raises(ValueError, match=words):
         paired_differences(a, b)
@@ -88,11 +96,18 @@ def test_the_bundled_model_against_a_guessing_one_on_real_faces(tmp_path):
     guessing = _evaluate(make_member(tmp_path / "guess", seed=3) / "model.onnx", tmp_path / "guess.json", fer)
     for name, condition in bundled["robustness"]["conditions"].items():
         marks = condition["outcomes"]
-        assert marks.count("1") / (len(marks) - marks.count("-")) == pytest.approx(condition["accuracy"]), name
+        assert marks.count("1") / (len(marks) - marks.count("-")) == pytest.approx(condition["accuracy"]), (
+            name
+        )
     assert bundled["outcomes"]["fer2013"].count("1") / 300 == pytest.approx(bundled["accuracy"])
 
-    result = subprocess.run([sys.executable, SCRIPTS / "compare_models.py", tmp_path / "guess.json",
-                             tmp_path / "bundled.json"], capture_output=True, text=True, check=False, timeout=120)
+    result = subprocess.run(
+        [sys.executable, SCRIPTS / "compare_models.py", tmp_path / "guess.json", tmp_path / "bundled.json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line.split("  ")[0]: line for line in result.stdout.splitlines()[2:]}
     assert set(lines) >= {"FER-2013 labels", "FER+ majority", "jpeg_q25", "dim_x0.25", "robustness mean"}
@@ -100,13 +115,26 @@ def test_the_bundled_model_against_a_guessing_one_on_real_faces(tmp_path):
     mean = guessing["robustness"]["mean_accuracy"], bundled["robustness"]["mean_accuracy"]
     assert f"{mean[0]:7.2%} {mean[1]:7.2%}" in lines["robustness mean"]
 
-    refused = subprocess.run([sys.executable, SCRIPTS / "compare_models.py", tmp_path / "bundled.json",
-                              tmp_path / "missing.json"], capture_output=True, text=True, check=False)
+    refused = subprocess.run(
+        [sys.executable, SCRIPTS / "compare_models.py", tmp_path / "bundled.json", tmp_path / "missing.json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert refused.returncode == 1 and "missing.json" in refused.stderr and "Traceback" not in refused.stderr
 
     # Another seed draws other scenes and noise: its outcomes do not line up face by face, so it is refused.
     assert bundled["seed"] == 0 and bundled["limit"] == 300
     (tmp_path / "reseeded.json").write_text(json.dumps({**guessing, "seed": 1}))
-    refused = subprocess.run([sys.executable, SCRIPTS / "compare_models.py", tmp_path / "bundled.json",
-                              tmp_path / "reseeded.json"], capture_output=True, text=True, check=False)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            SCRIPTS / "compare_models.py",
+            tmp_path / "bundled.json",
+            tmp_path / "reseeded.json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert refused.returncode == 1 and "different seed (0 and 1)" in refused.stderr, refused.stderr

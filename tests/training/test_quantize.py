@@ -28,7 +28,9 @@ from .conftest import run_env
 # its own business, so those sections are dropped.
 BUNDLED_CARD = {
     key: value
-    for key, value in json.loads((Path(__file__).resolve().parents[2] / "models" / "model.json").read_text()).items()
+    for key, value in json.loads(
+        (Path(__file__).resolve().parents[2] / "models" / "model.json").read_text()
+    ).items()
     if key not in ("members", "quantization", "smoothing")
 }
 LABELS = list(EMOTIONS)
@@ -49,39 +51,76 @@ def make_model(folder: Path, branches: int = 1, seed: int = 0) -> Path:
     previous = 1
     for k, channels in enumerate(CHANNELS):
         weight = rng.normal(0, np.sqrt(2 / (9 * previous)), (channels, previous, 3, 3))
-        inits += [numpy_helper.from_array(weight.astype(np.float32), f"conv{k}_w"),
-                  numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), f"conv{k}_b")]
+        inits += [
+            numpy_helper.from_array(weight.astype(np.float32), f"conv{k}_w"),
+            numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), f"conv{k}_b"),
+        ]
         previous = channels
-    inits += [numpy_helper.from_array(np.zeros((previous, len(LABELS)), np.float32), "dense_w"),
-              numpy_helper.from_array(np.zeros(len(LABELS), np.float32), "dense_b")]  # set by _spread_classes
+    inits += [
+        numpy_helper.from_array(np.zeros((previous, len(LABELS)), np.float32), "dense_w"),
+        numpy_helper.from_array(np.zeros(len(LABELS), np.float32), "dense_b"),
+    ]  # set by _spread_classes
 
-    nodes = [helper.make_node("Slice", ["image", "last", "before_first", "width_axis", "backwards"], ["mirrored"],
-                              name="mirror")] if branches == 2 else []
+    nodes = (
+        [
+            helper.make_node(
+                "Slice",
+                ["image", "last", "before_first", "width_axis", "backwards"],
+                ["mirrored"],
+                name="mirror",
+            )
+        ]
+        if branches == 2
+        else []
+    )
     outputs = []
     for b, source in enumerate(["image", "mirrored"][:branches]):
         x = f"b{b}_"
-        nodes += [helper.make_node("Transpose", [source], [x + "nchw"], perm=[0, 3, 1, 2], name=x + "to_nchw"),
-                  helper.make_node("Mul", [x + "nchw", "scale"], [x + "scaled"], name=x + "rescale")]
+        nodes += [
+            helper.make_node("Transpose", [source], [x + "nchw"], perm=[0, 3, 1, 2], name=x + "to_nchw"),
+            helper.make_node("Mul", [x + "nchw", "scale"], [x + "scaled"], name=x + "rescale"),
+        ]
         current = x + "scaled"
         for k in range(len(CHANNELS)):
-            nodes += [helper.make_node("Conv", [current, f"conv{k}_w", f"conv{k}_b"], [x + f"conv{k}"],
-                                       kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2 if k == 0 else 1] * 2,
-                                       name=x + f"conv{k}"),
-                      helper.make_node("Relu", [x + f"conv{k}"], [x + f"relu{k}"], name=x + f"relu{k}")]
+            nodes += [
+                helper.make_node(
+                    "Conv",
+                    [current, f"conv{k}_w", f"conv{k}_b"],
+                    [x + f"conv{k}"],
+                    kernel_shape=[3, 3],
+                    pads=[1, 1, 1, 1],
+                    strides=[2 if k == 0 else 1] * 2,
+                    name=x + f"conv{k}",
+                ),
+                helper.make_node("Relu", [x + f"conv{k}"], [x + f"relu{k}"], name=x + f"relu{k}"),
+            ]
             current = x + f"relu{k}"
-        nodes += [helper.make_node("GlobalAveragePool", [current], [x + "pooled"], name=x + "pool"),
-                  helper.make_node("Flatten", [x + "pooled"], [x + "features"], axis=1, name=x + "flatten"),
-                  helper.make_node("MatMul", [x + "features", "dense_w"], [x + "scores"], name=x + "dense"),
-                  helper.make_node("Add", [x + "scores", "dense_b"], [x + "logits"], name=x + "bias"),
-                  helper.make_node("Softmax", [x + "logits"], [x + "probs" if branches == 2 else "probs"], axis=1,
-                                   name=x + "softmax")]
+        nodes += [
+            helper.make_node("GlobalAveragePool", [current], [x + "pooled"], name=x + "pool"),
+            helper.make_node("Flatten", [x + "pooled"], [x + "features"], axis=1, name=x + "flatten"),
+            helper.make_node("MatMul", [x + "features", "dense_w"], [x + "scores"], name=x + "dense"),
+            helper.make_node("Add", [x + "scores", "dense_b"], [x + "logits"], name=x + "bias"),
+            helper.make_node(
+                "Softmax",
+                [x + "logits"],
+                [x + "probs" if branches == 2 else "probs"],
+                axis=1,
+                name=x + "softmax",
+            ),
+        ]
         outputs.append(x + "probs")
     if branches == 2:
-        nodes += [helper.make_node("Add", outputs, ["probs_sum"], name="tta_sum"),
-                  helper.make_node("Mul", ["probs_sum", "half"], ["probs"], name="tta_mean")]
-    graph = helper.make_graph(nodes, "tiny_cnn",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 48, 48, 1])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(LABELS)])], inits)
+        nodes += [
+            helper.make_node("Add", outputs, ["probs_sum"], name="tta_sum"),
+            helper.make_node("Mul", ["probs_sum", "half"], ["probs"], name="tta_mean"),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 48, 48, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(LABELS)])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     _spread_classes(model, rng)
@@ -105,7 +144,9 @@ def _spread_classes(model: onnx.ModelProto, rng: np.random.Generator) -> None:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
-    probe.graph.output.append(helper.make_tensor_value_info("b0_features", TensorProto.FLOAT, ["N", CHANNELS[-1]]))
+    probe.graph.output.append(
+        helper.make_tensor_value_info("b0_features", TensorProto.FLOAT, ["N", CHANNELS[-1]])
+    )
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     features = session.run(None, {"image": images(100, seed=99)})[0].astype(np.float64)
     weight = rng.normal(0, 1.5, (CHANNELS[-1], len(LABELS))) / features.std(axis=0).mean()
@@ -149,7 +190,9 @@ def _dataset_cache(tmp_path, monkeypatch):
 def test_only_the_body_between_first_and_last_conv_is_quantised(tmp_path):
     model = onnx.load(str(make_model(tmp_path / "m", branches=2) / "model.onnx"))
     quantised = {n.name for n in model.graph.node} - set(quantize.float_nodes(model))
-    assert quantised == {f"b{b}_{name}" for b in (0, 1) for name in ("relu0", "conv1", "relu1", "conv2", "relu2")}
+    assert quantised == {
+        f"b{b}_{name}" for b in (0, 1) for name in ("relu0", "conv1", "relu1", "conv2", "relu2")
+    }
 
 
 @pytest.mark.parametrize("branches", [1, 2])
@@ -163,7 +206,9 @@ def test_int8_model_is_qdq_smaller_and_agrees(tmp_path, branches):
     producer = {o: n.op_type for n in graph.node for o in n.output}
     ops = [n.op_type for n in graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    int8_convs = {n.name for n in graph.node if n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear"}
+    int8_convs = {
+        n.name for n in graph.node if n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear"
+    }
     assert int8_convs == {f"b{b}_conv{k}" for b in range(branches) for k in (1, 2)}
     assert producer["probs"] != "DequantizeLinear"  # the probabilities stay float
     assert out.stat().st_size <= src.stat().st_size
@@ -174,15 +219,18 @@ def test_int8_model_is_qdq_smaller_and_agrees(tmp_path, branches):
     assert agreement["argmax_agreement"] >= 0.9 and agreement["mean_abs_diff"] < 0.02
 
 
-@pytest.mark.parametrize("float_acc, int8_acc, max_drop, ok", [
-    (0.6411, 0.6353, 1.0, True),
-    (0.64, 0.63, 1.0, True),  # exactly 1 point, despite 0.64 - 0.63 != 0.01 in binary
-    (0.64, 0.6299, 1.0, False),
-    (0.64, 0.64, 0.0, True),
-    (0.64, 0.6399, 0.0, False),
-    (0.60, 0.62, 0.0, True),  # a gain is never refused
-    (0.64, 0.64, -0.5, False),  # a negative tolerance demands a gain
-])
+@pytest.mark.parametrize(
+    "float_acc, int8_acc, max_drop, ok",
+    [
+        (0.6411, 0.6353, 1.0, True),
+        (0.64, 0.63, 1.0, True),  # exactly 1 point, despite 0.64 - 0.63 != 0.01 in binary
+        (0.64, 0.6299, 1.0, False),
+        (0.64, 0.64, 0.0, True),
+        (0.64, 0.6399, 0.0, False),
+        (0.60, 0.62, 0.0, True),  # a gain is never refused
+        (0.64, 0.64, -0.5, False),  # a negative tolerance demands a gain
+    ],
+)
 def test_accuracy_drop_check(float_acc, int8_acc, max_drop, ok):
     if ok:
         drop = quantize.check_accuracy_drop(float_acc, int8_acc, max_drop)
@@ -201,9 +249,27 @@ def cli_run(tmp_path_factory) -> dict:
     faces = make_faces(base / "faces", per_class=5, seed=1, prefixes=("PublicTest", "PrivateTest"))
     out = base / "int8"
     command = [
-        sys.executable, "-m", "emotion_train.cli", "quantize", str(src), "--out", str(out),
-        "--calibration", str(train), "--images", "30", "--seed", "3",
-        "--val", str(faces), "--val-pattern", "PublicTest_*", "--test", str(faces), "--test-pattern", "PrivateTest_*",
+        sys.executable,
+        "-m",
+        "emotion_train.cli",
+        "quantize",
+        str(src),
+        "--out",
+        str(out),
+        "--calibration",
+        str(train),
+        "--images",
+        "30",
+        "--seed",
+        "3",
+        "--val",
+        str(faces),
+        "--val-pattern",
+        "PublicTest_*",
+        "--test",
+        str(faces),
+        "--test-pattern",
+        "PrivateTest_*",
     ]
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(base / "cache"))
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
@@ -213,7 +279,13 @@ def cli_run(tmp_path_factory) -> dict:
 
 def test_cli_writes_int8_model_card_metrics_and_plots(cli_run):
     out, src = cli_run["out"], cli_run["src"]
-    for name in ("model.onnx", "model.json", "metrics.json", "plots/confusion_val.png", "plots/confusion_test.png"):
+    for name in (
+        "model.onnx",
+        "model.json",
+        "metrics.json",
+        "plots/confusion_val.png",
+        "plots/confusion_test.png",
+    ):
         assert (out / name).is_file(), name
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     assert "argmax agreement" in cli_run["stdout"] and "ms per face" in cli_run["stdout"]
@@ -271,7 +343,17 @@ def _quantize_args(tmp_path: Path, *extra: str) -> tuple[list[str], Path]:
     src = make_model(tmp_path / "src")
     train = make_faces(tmp_path / "train", per_class=3, seed=0)
     out = tmp_path / "int8"
-    return ["quantize", str(src), "--out", str(out), "--calibration", str(train), "--images", "10", *extra], out
+    return [
+        "quantize",
+        str(src),
+        "--out",
+        str(out),
+        "--calibration",
+        str(train),
+        "--images",
+        "10",
+        *extra,
+    ], out
 
 
 def test_refused_model_writes_nothing(tmp_path):
@@ -286,8 +368,9 @@ def test_refused_model_writes_nothing(tmp_path):
 
 def test_without_val_checks_on_calibration_images(tmp_path):
     train = make_faces(tmp_path / "train", per_class=2, seed=0)
-    results, section = quantize.quantize_model(make_model(tmp_path / "src"), tmp_path / "int8", (train, None),
-                                                images=100, seed=0, timing_runs=5)
+    results, section = quantize.quantize_model(
+        make_model(tmp_path / "src"), tmp_path / "int8", (train, None), images=100, seed=0, timing_runs=5
+    )
     assert section["agreement"]["set"].startswith("the calibration images")
     assert section["agreement"]["images"] == section["calibration"]["images"] == 14
     assert section["accuracy"] == {} and results["reported_on"] is None
@@ -295,14 +378,17 @@ def test_without_val_checks_on_calibration_images(tmp_path):
     assert card["metrics"] == {} and card["quantization"]["ms_per_face"]["runs"] == 5
 
 
-@pytest.mark.parametrize("case, words", [
-    ("max-drop without val", ["--max-drop", "needs --val"]),
-    ("pattern without val", ["--val-pattern", "needs --val"]),
-    ("out is the source", ["--out", "float source"]),
-    ("no calibration", ["--calibration"]),
-    ("missing source", ["does not exist"]),
-    ("zero images", ["--images"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("max-drop without val", ["--max-drop", "needs --val"]),
+        ("pattern without val", ["--val-pattern", "needs --val"]),
+        ("out is the source", ["--out", "float source"]),
+        ("no calibration", ["--calibration"]),
+        ("missing source", ["does not exist"]),
+        ("zero images", ["--images"]),
+    ],
+)
 def test_usage_errors(tmp_path, case, words):
     args, out = _quantize_args(tmp_path)
     if case == "max-drop without val":
@@ -312,7 +398,7 @@ def test_usage_errors(tmp_path, case, words):
     elif case == "out is the source":
         args[args.index("--out") + 1] = args[1]
     elif case == "no calibration":
-        del args[args.index("--calibration"):args.index("--calibration") + 2]
+        del args[args.index("--calibration") : args.index("--calibration") + 2]
     elif case == "missing source":
         args[1] = str(tmp_path / "nope")
     else:
@@ -324,12 +410,15 @@ def test_usage_errors(tmp_path, case, words):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case, words", [
-    ("no card", ["no model.json"]),
-    ("already int8", ["already quantised"]),
-    ("wrong val classes", ["differ from the training classes"]),
-    ("broken model", ["could not quantise"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("no card", ["no model.json"]),
+        ("already int8", ["already quantised"]),
+        ("wrong val classes", ["differ from the training classes"]),
+        ("broken model", ["could not quantise"]),
+    ],
+)
 def test_data_errors(tmp_path, case, words):
     args, out = _quantize_args(tmp_path)
     src = Path(args[1])

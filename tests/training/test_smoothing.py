@@ -69,7 +69,9 @@ def test_smoothed_graph_matches_the_reference_and_keeps_its_contract(tmp_path, b
     parity = check_parity(src, out, images(40, seed=3), 0.7)
     assert parity["max_abs_diff"] <= 1e-5
     raw = images(40, seed=3)
-    assert not np.allclose(onnx_probabilities(src, raw), onnx_probabilities(out, raw), atol=1e-4)  # it does smooth
+    assert not np.allclose(
+        onnx_probabilities(src, raw), onnx_probabilities(out, raw), atol=1e-4
+    )  # it does smooth
 
 
 def test_quantiser_leaves_the_smoothing_in_float(tmp_path):
@@ -84,8 +86,23 @@ def test_smooth_command_chooses_sigma_on_val_and_writes_a_card(tmp_path):
     val = make_faces(tmp_path / "val", per_class=6, seed=4)
     test = make_faces(tmp_path / "test", per_class=4, seed=5)
     out = tmp_path / "smoothed"
-    result = CliRunner().invoke(main, ["smooth", str(src), "--out", str(out), "--sigma", "0.5", "--sigma", "1.0",
-                                       "--val", str(val), "--test", str(test)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "smooth",
+            str(src),
+            "--out",
+            str(out),
+            "--sigma",
+            "0.5",
+            "--sigma",
+            "1.0",
+            "--val",
+            str(val),
+            "--test",
+            str(test),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "sigma 0.50: val accuracy" in result.output and "sigma 1.00: val accuracy" in result.output
 
@@ -102,14 +119,18 @@ def test_smooth_command_chooses_sigma_on_val_and_writes_a_card(tmp_path):
     assert card["metrics"]["test"]["n"] == 28
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reported_on"] == "test"
-    assert (out / "plots" / "confusion_val.png").is_file() and (out / "plots" / "confusion_test.png").is_file()
+    assert (out / "plots" / "confusion_val.png").is_file() and (
+        out / "plots" / "confusion_test.png"
+    ).is_file()
 
     # The runtime loads it like any other model, and the smoothing happens inside the graph.
     classifier = Classifier(load_model_card(out / "model.onnx"))
     face = cv2.imread(str(next((val / "happy").glob("*.png"))), cv2.IMREAD_GRAYSCALE)[None, ..., None]
-    np.testing.assert_allclose(classifier.predict(face.astype(np.float32)),
-                               onnx_probabilities(src / "model.onnx", reference_smooth(face, section["sigma"])),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        classifier.predict(face.astype(np.float32)),
+        onnx_probabilities(src / "model.onnx", reference_smooth(face, section["sigma"])),
+        atol=1e-5,
+    )
 
 
 def test_one_sigma_needs_no_val(tmp_path):
@@ -117,7 +138,11 @@ def test_one_sigma_needs_no_val(tmp_path):
     result = CliRunner().invoke(main, ["smooth", str(src), "--out", str(tmp_path / "s"), "--sigma", "0.8"])
     assert result.exit_code == 0, result.output
     section = json.loads((tmp_path / "s" / "model.json").read_text())["smoothing"]
-    assert section["sigma"] == 0.8 and section["candidates"] == [] and section["chosen_on"] == "given (one sigma)"
+    assert (
+        section["sigma"] == 0.8
+        and section["candidates"] == []
+        and section["chosen_on"] == "given (one sigma)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,14 +165,21 @@ def test_usage_errors(tmp_path, extra, message):
 def test_refuses_to_smooth_twice_or_a_quantised_model(tmp_path):
     src = make_model(tmp_path / "m")
     runner = CliRunner()
-    assert runner.invoke(main, ["smooth", str(src), "--out", str(tmp_path / "s"), "--sigma", "0.7"]).exit_code == 0
-    again = runner.invoke(main, ["smooth", str(tmp_path / "s"), "--out", str(tmp_path / "s2"), "--sigma", "0.7"])
+    assert (
+        runner.invoke(main, ["smooth", str(src), "--out", str(tmp_path / "s"), "--sigma", "0.7"]).exit_code
+        == 0
+    )
+    again = runner.invoke(
+        main, ["smooth", str(tmp_path / "s"), "--out", str(tmp_path / "s2"), "--sigma", "0.7"]
+    )
     assert again.exit_code == 1
     assert "this model is already smoothed (sigma 0.7); smooth its source instead" in again.output
 
     int8 = tmp_path / "int8"
     calibration = make_faces(tmp_path / "calibration", per_class=3, seed=6)
-    quantised = runner.invoke(main, ["quantize", str(src), "--out", str(int8), "--calibration", str(calibration)])
+    quantised = runner.invoke(
+        main, ["quantize", str(src), "--out", str(int8), "--calibration", str(calibration)]
+    )
     assert quantised.exit_code == 0, quantised.output
     refused = runner.invoke(main, ["smooth", str(int8), "--out", str(tmp_path / "s3"), "--sigma", "0.7"])
     assert refused.exit_code == 1

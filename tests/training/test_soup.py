@@ -25,8 +25,14 @@ pytestmark = pytest.mark.slow
 
 def _train(datasets, out: Path, *extra: str) -> Path:
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
-    result = subprocess.run(train_command(datasets["train"], out, "--val", str(datasets["test"]), *extra),
-                            check=False, capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(
+        train_command(datasets["train"], out, "--val", str(datasets["test"]), *extra),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
 
@@ -36,14 +42,30 @@ def ingredients(datasets, cnn3_run, tmp_path_factory) -> tuple[Path, Path]:
     """A run and a run fine-tuned from it with another seed and learning rate: what a soup is for (the shipped
     model's soups mixed a run with the run it started from)."""
     start = str(cnn3_run / "checkpoints" / "best.keras")
-    second = _train(datasets, tmp_path_factory.mktemp("soup") / "b", "--epochs", "2", "--init-from", start,
-                    "--seed", "9", "--lr", "2e-3")
+    second = _train(
+        datasets,
+        tmp_path_factory.mktemp("soup") / "b",
+        "--epochs",
+        "2",
+        "--init-from",
+        start,
+        "--seed",
+        "9",
+        "--lr",
+        "2e-3",
+    )
     return cnn3_run, second
 
 
 def soup_command(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emotion_train.cli", "soup", *map(str, args)],
-                          check=False, capture_output=True, text=True, env=run_env(), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "emotion_train.cli", "soup", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=600,
+    )
 
 
 def test_soup_is_the_weighted_mean_of_its_runs_exported_and_measured(datasets, ingredients, tmp_path):
@@ -51,9 +73,13 @@ def test_soup_is_the_weighted_mean_of_its_runs_exported_and_measured(datasets, i
 
     first, second = ingredients
     out = tmp_path / "soup"
-    result = soup_command(first, second, "--out", out, "--weight", "3", "--weight", "1", "--val", datasets["test"])
+    result = soup_command(
+        first, second, "--out", out, "--weight", "3", "--weight", "1", "--val", datasets["test"]
+    )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "parity: max |onnx - keras|" in result.stdout and f"ingredient {first}: val accuracy" in result.stdout
+    assert (
+        "parity: max |onnx - keras|" in result.stdout and f"ingredient {first}: val accuracy" in result.stdout
+    )
 
     # The exported graph computes what a network with 0.75 * first + 0.25 * second as its weights computes.
     nets = [keras.models.load_model(run / "checkpoints" / "best.keras", compile=False) for run in ingredients]
@@ -72,9 +98,13 @@ def test_soup_is_the_weighted_mean_of_its_runs_exported_and_measured(datasets, i
     assert [i["weight"] for i in card["ingredients"]] == [0.75, 0.25]
     assert card["ingredients"][0]["checkpoint_sha256"] == sha256_file(first / "checkpoints" / "best.keras")
     assert card["labels"] == json.loads((first / "model.json").read_text())["labels"]
-    assert card["metrics"]["val"]["accuracy"] == pytest.approx(float(np.mean(got.argmax(axis=1) == test.targets)))
+    assert card["metrics"]["val"]["accuracy"] == pytest.approx(
+        float(np.mean(got.argmax(axis=1) == test.targets))
+    )
     assert card["export"]["max_abs_diff"] <= 1e-4
-    reloaded = keras.models.load_model(out / "checkpoints" / "best.keras", compile=False)  # re-export, --init-from
+    reloaded = keras.models.load_model(
+        out / "checkpoints" / "best.keras", compile=False
+    )  # re-export, --init-from
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected.predict(x, verbose=0), atol=1e-5)
 
 
@@ -90,10 +120,16 @@ def test_runs_of_other_architectures_are_refused(datasets, ingredients, trained_
 FRAMING = {"scale": 0.93, "offset_x": -0.01, "offset_y": -0.02}
 
 
-@pytest.mark.parametrize(("second_crop", "accepted"), [
-    ({**FRAMING, "inherited_from": "runs/a/model.json"}, True),  # the same framing, with a note on its source
-    ({**FRAMING, "scale": 1.2}, False),
-])
+@pytest.mark.parametrize(
+    ("second_crop", "accepted"),
+    [
+        (
+            {**FRAMING, "inherited_from": "runs/a/model.json"},
+            True,
+        ),  # the same framing, with a note on its source
+        ({**FRAMING, "scale": 1.2}, False),
+    ],
+)
 def test_ingredients_must_frame_faces_alike(datasets, ingredients, tmp_path, second_crop, accepted):
     runs = []
     for run, crop in zip(ingredients, (FRAMING, second_crop), strict=True):

@@ -11,10 +11,21 @@ import onnxruntime as ort
 from .conftest import CLASSES, SIZE, run_env, train_command
 
 EXPECTED_FILES = [
-    "model.onnx", "model.json", "metrics.json", "history.csv", "history.json", "train.log", "config.json",
-    "checkpoints/state.json", "checkpoints/best.keras",
-    "plots/training_curves.png", "plots/confusion_test.png", "plots/confusion_val.png", "plots/roc_test.png",
-    "plots/class_distribution.png", "plots/samples.png",
+    "model.onnx",
+    "model.json",
+    "metrics.json",
+    "history.csv",
+    "history.json",
+    "train.log",
+    "config.json",
+    "checkpoints/state.json",
+    "checkpoints/best.keras",
+    "plots/training_curves.png",
+    "plots/confusion_test.png",
+    "plots/confusion_val.png",
+    "plots/roc_test.png",
+    "plots/class_distribution.png",
+    "plots/samples.png",
 ]
 
 
@@ -38,8 +49,14 @@ def test_learns_well_above_chance_on_held_out_images(trained_run):
 def test_model_card_contents(trained_run):
     card = json.loads((trained_run / "model.json").read_text())
     assert card["labels"] == sorted(CLASSES)
-    assert card["input"] == {**card["input"], "height": SIZE, "width": SIZE, "channels": 1, "dtype": "float32",
-                             "range": [0, 255]}
+    assert card["input"] == {
+        **card["input"],
+        "height": SIZE,
+        "width": SIZE,
+        "channels": 1,
+        "dtype": "float32",
+        "range": [0, 255],
+    }
     assert card["backbone"]["name"] == "mobilenetv3small"
     assert card["metrics"]["test"]["split"].startswith("test: ")
     assert card["metrics"]["val"]["split"].startswith("val: ")
@@ -91,8 +108,14 @@ def test_export_and_evaluate_are_separate_steps(trained_run, datasets, tmp_path)
     shutil.copytree(trained_run, run)
     (run / "model.onnx").unlink()
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(tmp_path / "cache"))
-    exported = subprocess.run([sys.executable, "-m", "emotion_train.cli", "export", str(run), "--no-tta"],
-                              check=False, capture_output=True, text=True, env=env, timeout=600)
+    exported = subprocess.run(
+        [sys.executable, "-m", "emotion_train.cli", "export", str(run), "--no-tta"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "parity: max |onnx - keras|" in exported.stdout
     card = json.loads((run / "model.json").read_text())
@@ -100,9 +123,22 @@ def test_export_and_evaluate_are_separate_steps(trained_run, datasets, tmp_path)
     assert (run / "model.onnx").is_file()
 
     evaluated = subprocess.run(
-        [sys.executable, "-m", "emotion_train.cli", "evaluate", str(run), "--test", str(datasets["test"]),
-         "--test-pattern", "img_00*"],
-        check=False, capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "emotion_train.cli",
+            "evaluate",
+            str(run),
+            "--test",
+            str(datasets["test"]),
+            "--test-pattern",
+            "img_00*",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -115,8 +151,18 @@ def test_init_from_fine_tunes_a_trained_run(cnn3_run, datasets, tmp_path):
     env = dict(run_env(), EMOTION_TRAIN_CACHE=str(datasets["base"] / "cache"))
     best = cnn3_run / "checkpoints" / "best.keras"
     out = tmp_path / "fine-tuned"
-    command = train_command(datasets["train"], out, "--val", str(datasets["test"]), "--epochs", "2",
-                            "--init-from", str(best), "--lr", "3e-4")
+    command = train_command(
+        datasets["train"],
+        out,
+        "--val",
+        str(datasets["test"]),
+        "--epochs",
+        "2",
+        "--init-from",
+        str(best),
+        "--lr",
+        "3e-4",
+    )
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"starting from the weights of {best}" in (out / "train.log").read_text()
