@@ -388,7 +388,7 @@ def train_command(
 
     config = RunConfig(
         train=train,
-        data=spec(data_dir, train_pattern),
+        data=DataSpec(str(data_dir.resolve()), train_pattern),
         val=spec(val_dir, val_pattern),
         val_split=val_split,
         test=spec(test_dir, test_pattern),
@@ -743,7 +743,7 @@ def quantize_command(
         results, section = quantize_model(
             src_dir,
             out_dir,
-            _split(calibration_dir, calibration_pattern, "calibration"),
+            (calibration_dir.resolve(), calibration_pattern),
             images,
             seed,
             val,

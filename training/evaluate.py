@@ -193,7 +193,7 @@ def plot_samples(dataset: Dataset, path: Path, per_class: int = 8, seed: int = 0
     fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.1, rows * 1.2), squeeze=False)
     for r, label in enumerate(dataset.labels):
         members = np.flatnonzero(dataset.targets == r)
-        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
         for c in range(per_class):
             ax = axes[r][c]
             ax.axis("off")

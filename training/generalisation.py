@@ -68,7 +68,9 @@ def load_split(fer: Path, split: str, votes_csv: Path | None) -> Split:
     return Split(np.stack(images), np.asarray(targets), files, votes)
 
 
-def classify_crops(classifier: Classifier, crops: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
+def classify_crops(
+    classifier: Classifier, crops: Sequence[np.ndarray] | np.ndarray, batch: int = 256
+) -> np.ndarray:
     """Probabilities [N, 7] for greyscale uint8 crops of any size, resized as the runtime resizes them."""
     height, width = classifier.card.height, classifier.card.width
     x = np.empty((len(crops), height, width, 1), dtype=np.float32)
@@ -147,7 +149,8 @@ def _down_up(image: np.ndarray, side: int = 24) -> np.ndarray:
 
 def _jpeg(image: np.ndarray, quality: int = 25) -> np.ndarray:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if ok else image
+    decoded = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if ok else None
+    return image if decoded is None else decoded
 
 
 def _gamma(value: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -190,7 +193,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     width, height = size
     coarse = rng.uniform(40, 200, size=(6, 8, 3)).astype(np.float32)
     scene = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    scene += rng.normal(0, 4, size=scene.shape).astype(np.float32)
+    scene += rng.normal(0, 4, size=(height, width, 3)).astype(np.float32)
     return np.clip(scene, 0, 255).astype(np.uint8)
 
 

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -109,7 +110,7 @@ def halve_model(
         speed = time_per_face({"float32": source, "float16": half_path}, images[0])
         out_dir.mkdir(parents=True, exist_ok=True)
         install_file(half_path, out_dir / "model.onnx")
-    section = {
+    section: dict[str, Any] = {
         "method": f"float32 weights of at least {MIN_ELEMENTS} values stored as float16, each behind a Cast to "
         "float32: all arithmetic in float32",
         "weights_converted": converted,

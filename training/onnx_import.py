@@ -24,6 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,11 +139,11 @@ def _attribute(node, name: str, default: int) -> int:
     return default
 
 
-def _conv_bn_pairs(backbone) -> list[tuple[object, object | None]]:
+def _conv_bn_pairs(backbone) -> list[tuple[Any, Any | None]]:
     """Each convolution of the backbone with the batch norm right after it (None when it has none)."""
     from keras import layers
 
-    pairs: list[tuple[object, object | None]] = []
+    pairs: list[tuple[Any, Any | None]] = []
     items = backbone.layers
     for i, layer in enumerate(items):
         if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -338,7 +339,7 @@ def quantize_model(
         out_dir.mkdir(parents=True, exist_ok=True)
         install_file(int8, out_dir / "model.onnx")
 
-    section = {
+    section: dict[str, Any] = {
         "method": "onnxruntime static quantisation: QDQ, int8 weights per channel (QInt8), uint8 activations "
         "(QUInt8), MinMax calibration with a moving average, after quant_pre_process",
         "calibration": {

@@ -81,9 +81,9 @@ def add_smoothing(model: onnx.ModelProto, sigma: float) -> onnx.ModelProto:
     """A copy of ``model`` whose NHWC image input is smoothed before anything else reads it."""
     inputs = real_inputs(model.graph)
     dims = tensor_dims(inputs[0]) if len(inputs) == 1 else []
-    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:3]):
+    height, width = (dims[1], dims[2]) if len(dims) == 4 else (None, None)
+    if not (isinstance(height, int) and height > 0 and isinstance(width, int) and width > 0):
         raise SmoothingError(f"expected one input [N, H, W, C] with fixed H and W, found {dims}")
-    height, width = dims[1], dims[2]
     source = inputs[0].name
     out = copy.deepcopy(model)
     graph = out.graph

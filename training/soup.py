@@ -75,11 +75,13 @@ def average_weights(weight_lists: Sequence[list[np.ndarray]], weights: Sequence[
     shapes = [[w.shape for w in weights_of] for weights_of in weight_lists]
     if any(s != shapes[0] for s in shapes[1:]):
         raise SoupError("the runs' weight tensors differ in number or shape; they are not the same network")
-    return [
-        sum(share * tensors[i].astype(np.float64) for share, tensors in zip(weights, weight_lists)).astype(
-            weight_lists[0][i].dtype)
-        for i in range(len(weight_lists[0]))
-    ]  # fmt: skip
+    averaged = []
+    for i, first in enumerate(weight_lists[0]):
+        total = np.zeros(first.shape, dtype=np.float64)
+        for share, tensors in zip(weights, weight_lists):
+            total += share * tensors[i].astype(np.float64)
+        averaged.append(total.astype(first.dtype))
+    return averaged
 
 
 def soup_run(

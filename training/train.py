@@ -189,9 +189,15 @@ def one_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[targets]
 
 
+def _teacher_path(config: TrainConfig) -> Path:
+    if config.teacher is None:
+        raise ValueError("distillation needs a teacher model (--teacher)")
+    return Path(config.teacher)
+
+
 def distillation_targets(config: TrainConfig, run: RunDir, train: Dataset, labels: np.ndarray) -> np.ndarray:
     """One-hot labels blended with the teacher's probabilities, cached in the run for an exact resume."""
-    teacher = Path(config.teacher)
+    teacher = _teacher_path(config)
     probs = cached_teacher_probabilities(
         teacher,
         sha256_file(teacher),
@@ -211,7 +217,7 @@ def distillation_targets(config: TrainConfig, run: RunDir, train: Dataset, label
 
 def online_teacher(config: TrainConfig, run: RunDir, train: Dataset) -> Teacher:
     """The teacher that AugmentedBatches runs on each augmented batch, its file pinned for --resume."""
-    teacher = Path(config.teacher)
+    teacher = _teacher_path(config)
     pin_teacher(teacher, sha256_file(teacher), run.checkpoints / ONLINE_RECORD_NAME)
     log.info(
         "teacher %s runs on every augmented batch (online); targets are %.0f%% teacher",

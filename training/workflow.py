@@ -249,7 +249,7 @@ def evaluate_run(
         config = dataclasses.replace(config, test=test)
     if splits is None or (test is not None):
         splits = load_splits(config)
-    evaluated = {name: splits[name] for name in ("val", "test") if name in splits}
+    evaluated: dict[str, Dataset] = {name: splits[name] for name in ("val", "test") if name in splits}
     results = ev.evaluate_splits(
         run.onnx, evaluated, splits["train"].labels, run.plots, "Confusion matrix", roc=True
     )
