@@ -66,9 +66,37 @@ def _fail(exc: Exception) -> None:
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
+def _options(*options: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """Several click decorators as one, listed in --help in the order given."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _combination_options(out_help: str) -> Callable[[Callable], Callable]:
+    """RUN_DIR RUN_DIR [...], --out and --weight, for the commands that combine exported runs."""
+    return _options(
+        click.argument("run_dirs", metavar="RUN_DIR RUN_DIR [...]", nargs=-1, required=True, type=_FOLDER),
+        click.option(
+            "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help=out_help
+        ),
+        click.option(
+            "--weight",
+            "weights",
+            multiple=True,
+            type=click.FloatRange(0, min_open=True),
+            help="One per RUN_DIR, in order (normalised to sum 1). Default: equal weights.",
+        ),
+    )
+
+
 def _split_options(val_help: str, test_help: str) -> Callable[[Callable], Callable]:
     """--val, --val-pattern, --test and --test-pattern, for the commands that score an exported model."""
-    options = [
+    return _options(
         click.option("--val", "val_dir", type=_FOLDER, help=val_help),
         click.option(
             "--val-pattern", help="Only --val files whose name matches this glob (e.g. 'PublicTest_*')."
@@ -77,14 +105,7 @@ def _split_options(val_help: str, test_help: str) -> Callable[[Callable], Callab
         click.option(
             "--test-pattern", help="Only --test files whose name matches this glob (e.g. 'PrivateTest_*')."
         ),
-    ]
-
-    def decorate(command: Callable) -> Callable:
-        for option in reversed(options):  # listed in --help in this order
-            command = option(command)
-        return command
-
-    return decorate
+    )
 
 
 def _split(folder: Path | None, pattern: str | None, name: str) -> tuple[Path, str | None] | None:
@@ -462,27 +483,7 @@ def _check_combination(
 
 
 @main.command("ensemble")
-@click.argument(
-    "run_dirs",
-    metavar="RUN_DIR RUN_DIR [...]",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the ensemble's model.onnx, model.json, metrics.json and plots.",
-)
-@click.option(
-    "--weight",
-    "weights",
-    multiple=True,
-    type=click.FloatRange(0, min_open=True),
-    help="One per RUN_DIR, in order (normalised to sum 1). Default: equal weights.",
-)
+@_combination_options("Folder for the ensemble's model.onnx, model.json, metrics.json and plots.")
 @_split_options(
     "Validation folder to evaluate the ensemble on (its images also serve the parity check).",
     "Test folder to evaluate the ensemble on.",
@@ -517,20 +518,8 @@ def ensemble_command(
 
 
 @main.command("soup")
-@click.argument("run_dirs", metavar="RUN_DIR RUN_DIR [...]", nargs=-1, required=True, type=_FOLDER)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the soup's checkpoints/best.keras, model.onnx, model.json, metrics.json, plots.",
-)
-@click.option(
-    "--weight",
-    "weights",
-    multiple=True,
-    type=click.FloatRange(0, min_open=True),
-    help="One per RUN_DIR, in order (normalised to sum 1). Default: equal weights.",
+@_combination_options(
+    "Folder for the soup's checkpoints/best.keras, model.onnx, model.json, metrics.json, plots."
 )
 @_split_options(
     "Validation folder to judge the soup on (its first images also serve the parity check).",
